@@ -1,0 +1,28 @@
+"""Loads the compiled extension ``irnet._C`` once.  If it cannot be loaded, irnet says
+so once, clearly, and every op falls back to the pure-PyTorch reference."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch  # noqa: F401  (loads libtorch before the extension)
+
+LOADED = False
+ERROR: str | None = None
+
+if os.environ.get("IRNET_DISABLE_EXTENSION", "") not in ("", "0"):
+    ERROR = "disabled by IRNET_DISABLE_EXTENSION"
+else:
+    try:
+        from . import _C  # noqa: F401  (registers torch.ops.irnet.*)
+
+        LOADED = True
+    except Exception as exc:  # ImportError, OSError (undefined symbol), ...
+        ERROR = f"{type(exc).__name__}: {exc}"
+        warnings.warn(
+            "irnet: the compiled extension irnet._C could not be loaded (" + ERROR + "); "
+            "irnet runs on its pure-PyTorch reference ops, which are correct but slow. "
+            "Rebuild it with `pip install --no-build-isolation -e .` from the source tree.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
