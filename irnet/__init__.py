@@ -9,10 +9,11 @@ from . import _ext, ops, reference  # noqa: F401  (ops registers torch.ops.irnet
 from . import nn  # noqa: F401
 from .schedule import EDESchedule, binary_layers, set_ede
 from . import models  # noqa: F401
+from . import deploy  # noqa: F401
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "nn", "models", "reference", "EDESchedule", "set_ede", "binary_layers", "extension_status"]
+__all__ = ["ops", "nn", "models", "deploy", "reference", "EDESchedule", "set_ede", "binary_layers", "extension_status"]
 
 
 def extension_status() -> dict:

@@ -1,5 +1,6 @@
-"""Loads the compiled extension ``irnet._C`` once.  If it cannot be loaded, irnet says
-so once, clearly, and every op falls back to the pure-PyTorch reference."""
+"""Loads the compiled extension ``irnet._C`` once.  If it cannot be loaded (or
+``IRNET_DISABLE_EXTENSION=1`` asks not to), irnet says so once, clearly, and every op
+falls back to the pure-PyTorch reference (irnet/reference.py)."""
 from __future__ import annotations
 
 import os
@@ -19,10 +20,12 @@ else:
         LOADED = True
     except Exception as exc:  # ImportError, OSError (undefined symbol), ...
         ERROR = f"{type(exc).__name__}: {exc}"
-        warnings.warn(
-            "irnet: the compiled extension irnet._C could not be loaded (" + ERROR + "); "
-            "irnet runs on its pure-PyTorch reference ops, which are correct but slow. "
-            "Rebuild it with `pip install --no-build-isolation -e .` from the source tree.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+
+if not LOADED:
+    warnings.warn(
+        "irnet: the compiled extension irnet._C is not in use (" + str(ERROR) + "); "
+        "irnet runs on its pure-PyTorch reference ops, which are correct but slow. "
+        "Build it with `pip install --no-build-isolation -e .` from the source tree.",
+        RuntimeWarning,
+        stacklevel=2,
+    )

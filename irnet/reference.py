@@ -75,14 +75,15 @@ def _standardize(w: torch.Tensor):
     mu = flat.mean(dim=1, keepdim=True)
     centred = flat - mu
     if n > 1:
-        sigma = (centred.pow(2).sum(dim=1, keepdim=True) / (n - 1)).sqrt()
+        var = centred.pow(2).sum(dim=1, keepdim=True) / (n - 1)
     else:
-        sigma = torch.zeros_like(mu)
-    degenerate = sigma == 0
-    # a safe denominator so that the branch not taken never makes a NaN gradient
-    safe_sigma = torch.where(degenerate, torch.ones_like(sigma), sigma)
+        var = torch.zeros_like(mu)
+    degenerate = var == 0
+    # safe values so that the branch not taken never makes a NaN gradient
+    # (d sqrt(var) / d var is infinite at 0, and 0 * inf = NaN)
+    safe_sigma = torch.where(degenerate, torch.ones_like(var), var).sqrt()
     v = torch.where(degenerate, torch.zeros_like(centred), centred / safe_sigma)
-    inv_sigma = torch.where(degenerate, torch.zeros_like(sigma), 1.0 / safe_sigma)
+    inv_sigma = torch.where(degenerate, torch.zeros_like(var), 1.0 / safe_sigma)
     return v, inv_sigma.reshape(-1)
 
 
@@ -161,7 +162,7 @@ def unpack_bits(bits: torch.Tensor, channels: int, dtype=torch.float32) -> torch
     """Inverse of pack_bits: (N, *S, words) int64 -> (N, channels, *S) of +-1."""
     shifts = torch.arange(WORD_BITS, device=bits.device, dtype=torch.int64)
     b = (bits.unsqueeze(-1) >> shifts) & 1  # (N, *S, words, 64)
-    b = b.reshape(*bits.shape[:-1], -1)[..., :channels]
+    b = b.reshape(*bits.shape[:-1], bits.shape[-1] * WORD_BITS)[..., :channels]
     return (1 - 2 * b).to(dtype).movedim(-1, 1)
 
 
