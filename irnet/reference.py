@@ -183,9 +183,17 @@ def xnor_dot(a_bits: torch.Tensor, b_bits: torch.Tensor, length: int) -> torch.T
     return length - 2 * popcount64(a_bits ^ b_bits).sum(dim=-1)
 
 
+def _valid_bits_mask(words: int, length: int, device) -> torch.Tensor:
+    """Per word, the mask of the bits that stand for real positions (< length)."""
+    idx = torch.arange(words * WORD_BITS, device=device).reshape(words, WORD_BITS)
+    return ((idx < length).to(torch.int64) << torch.arange(WORD_BITS, device=device)).sum(dim=-1)
+
+
 def xnor_linear_bits(x_bits, w_bits, scale, in_features: int) -> torch.Tensor:
-    """y[n, o] = scale[o] * (in_features - 2 popcount(x_bits[n] ^ w_bits[o])), float32."""
-    dot = xnor_dot(x_bits[:, None, :], w_bits[None, :, :], in_features).to(torch.float32)
+    """y[n, o] = scale[o] * (in_features - 2 popcount(x_bits[n] ^ w_bits[o])), float32.
+    Bits past in_features are ignored (as unpack_bits does for the conv)."""
+    mask = _valid_bits_mask(x_bits.shape[-1], in_features, x_bits.device)
+    dot = xnor_dot((x_bits & mask)[:, None, :], (w_bits & mask)[None, :, :], in_features).to(torch.float32)
     return dot if scale is None else dot * scale.to(torch.float32)
 
 

@@ -1,0 +1,456 @@
+// irnet CPU: bit packing and XNOR-popcount convolution / linear, registered for the
+// schemas of csrc/irnet.cpp, plus the SIMD-level controls (cpu_simd_level & co).
+//
+// The kernels themselves are torch-free (csrc/cpu/xnor_simd.cpp, one body compiled
+// per SIMD level); this file checks arguments, lays out the weights, splits the work
+// over at::parallel_for (which honours torch.set_num_threads) and picks the level.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "core/bitpack.h"
+#include "core/conv_geometry.h"
+#include "cpu/xnor_simd.h"
+
+namespace irnet {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+
+// ---------------------------------------------------------------- SIMD level choice
+std::string supported_list() {
+  const char* names[8];
+  const int n = supported_levels(names, 8);
+  std::string s;
+  for (int i = 0; i < n && i < 8; ++i) s += (i ? ", " : "") + std::string(names[i]);
+  return s;
+}
+
+const LevelKernels* best_level() {
+  const char* names[8];
+  supported_levels(names, 8);  // the portable scalar level is always there
+  return level_kernels(names[0]);
+}
+
+// The level at load: IRNET_SIMD=scalar|avx2|avx512 forces one; a level this CPU (or
+// build) cannot run falls back to the best supported one, with a warning.
+const LevelKernels* initial_level() {
+  const char* env = std::getenv("IRNET_SIMD");
+  if (env == nullptr || *env == '\0') return best_level();
+  if (const LevelKernels* k = level_kernels(env)) return k;
+  const LevelKernels* best = best_level();
+  TORCH_WARN("irnet: IRNET_SIMD=", env, " is ", is_known_level(env) ? "not supported by this CPU" : "not a known level",
+             " (levels supported here: ", supported_list(), "); using '", best->name, "'");
+  return best;
+}
+
+std::atomic<const LevelKernels*>& level_slot() {
+  static std::atomic<const LevelKernels*> slot{initial_level()};
+  return slot;
+}
+const LevelKernels* current() { return level_slot().load(std::memory_order_relaxed); }
+// Decide (and warn) when the library loads, not at the first call.
+const bool kLevelChosen = (level_slot(), true);
+
+std::string cpu_simd_level() { return current()->name; }
+
+std::vector<std::string> cpu_simd_levels() {
+  const char* names[8];
+  const int n = supported_levels(names, 8);
+  return std::vector<std::string>(names, names + (n < 8 ? n : 8));
+}
+
+void set_cpu_simd_level(const std::string& level) {
+  const LevelKernels* k = level_kernels(level.c_str());
+  TORCH_CHECK(k != nullptr, "irnet::set_cpu_simd_level: expected one of the levels this CPU supports (",
+              supported_list(), "), got '", level, "'",
+              is_known_level(level.c_str()) ? " (known, but this CPU lacks the instructions)" : " (unknown level)");
+  level_slot().store(k, std::memory_order_relaxed);
+}
+
+// ---------------------------------------------------------------- pack_bits
+template <class T>
+using MaskFn = uint64_t (*)(const T*, int64_t);
+
+// (N, C, *S) -> (N, *S, words), bit = (x < 0).
+//  * channels innermost (stride(1) == 1, e.g. channels_last): each output word packs
+//    64 consecutive values; any strides over N and S.
+//  * otherwise (NCHW): on the contiguous (N, C, P) view, a 64-channel x 64-pixel
+//    block is read row by row (one word of 64 pixel bits per channel, contiguous
+//    loads) and then bit-transposed so that each word holds 64 channels of a pixel;
+//    with fewer than 64 pixels per channel, each pixel's channels are gathered instead.
+template <class T>
+void pack_impl(const Tensor& x, Tensor& out, MaskFn<T> mask) {
+  const int64_t N = x.size(0), C = x.size(1);
+  const int64_t words = core::num_words(C);
+  const int64_t P = x.numel() / (N * C);
+  uint64_t* o = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
+  if (x.stride(1) == 1 || C == 1) {
+    const T* base = reinterpret_cast<const T*>(x.const_data_ptr());
+    const int64_t sd = x.dim() - 2;
+    std::vector<int64_t> sizes(x.sizes().begin() + 2, x.sizes().end());
+    std::vector<int64_t> strides(x.strides().begin() + 2, x.strides().end());
+    const int64_t sN = x.stride(0);
+    at::parallel_for(0, N * P, std::max<int64_t>(1, 4096 / (words * 8)), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        int64_t n = r / P, rem = r - n * P, off = n * sN;
+        for (int64_t d = sd - 1; d >= 0; --d) {
+          const int64_t i = rem % sizes[d];
+          rem /= sizes[d];
+          off += i * strides[d];
+        }
+        const T* src = base + off;
+        uint64_t* dst = o + r * words;
+        for (int64_t w = 0; w < words; ++w) {
+          const int64_t c0 = w * core::kWordBits;
+          dst[w] = mask(src + c0, std::min<int64_t>(core::kWordBits, C - c0));
+        }
+      }
+    });
+    return;
+  }
+  const Tensor xc = x.contiguous();
+  const T* base = reinterpret_cast<const T*>(xc.const_data_ptr());
+  if (P < 64) {
+    // Few pixels per channel (e.g. a 3x3 weight): a 64x64 transpose would mostly move
+    // zeros; gather each pixel's channel column into a buffer and pack it directly.
+    at::parallel_for(0, N * P, std::max<int64_t>(1, 16384 / C), [&](int64_t b, int64_t e) {
+      std::vector<T> col(static_cast<size_t>(C));
+      for (int64_t r = b; r < e; ++r) {
+        const int64_t n = r / P, p = r - n * P;
+        const T* src = base + n * C * P + p;
+        for (int64_t c = 0; c < C; ++c) col[c] = src[c * P];
+        uint64_t* dst = o + r * words;
+        for (int64_t w = 0; w < words; ++w) {
+          const int64_t c0 = w * core::kWordBits;
+          dst[w] = mask(col.data() + c0, std::min<int64_t>(core::kWordBits, C - c0));
+        }
+      }
+    });
+    return;
+  }
+  const int64_t pblocks = (P + 63) / 64;
+  at::parallel_for(0, N * words * pblocks, 4, [&](int64_t b, int64_t e) {
+    alignas(64) uint64_t m[64];
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t pb = t % pblocks, nw = t / pblocks;
+      const int64_t w = nw % words, n = nw / words;
+      const int64_t p0 = pb * 64, np = std::min<int64_t>(64, P - p0);
+      const int64_t c0 = w * 64, nc = std::min<int64_t>(64, C - c0);
+      const T* src = base + (n * C + c0) * P + p0;
+      for (int64_t c = 0; c < nc; ++c) m[c] = mask(src + c * P, np);
+      for (int64_t c = nc; c < 64; ++c) m[c] = 0;
+      core::transpose64(m);  // m[j] bit c = value (c0 + c, p0 + j) < 0
+      uint64_t* dst = o + (n * P + p0) * words + w;
+      for (int64_t j = 0; j < np; ++j) dst[j * words] = m[j];
+    }
+  });
+}
+
+Tensor pack_bits_cpu(const Tensor& x) {
+  TORCH_CHECK(x.dim() >= 2, "irnet::pack_bits: expected a tensor of rank >= 2 (N, C, ...), got shape ", x.sizes());
+  TORCH_CHECK(x.device().is_cpu(), "irnet::pack_bits: expected a CPU tensor, got ", x.device());
+  const auto st = x.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+              "irnet::pack_bits: expected float32, float64, float16 or bfloat16, got ", st);
+  std::vector<int64_t> shape;
+  shape.push_back(x.size(0));
+  for (int64_t d = 2; d < x.dim(); ++d) shape.push_back(x.size(d));
+  shape.push_back(core::num_words(x.size(1)));
+  Tensor out = at::empty(shape, x.options().dtype(at::kLong));
+  if (out.numel() == 0) return out;
+  const LevelKernels* k = current();
+  switch (st) {
+    case at::kFloat: pack_impl<float>(x, out, k->neg_mask_f32); break;
+    case at::kDouble: pack_impl<double>(x, out, k->neg_mask_f64); break;
+    case at::kHalf: pack_impl<uint16_t>(x, out, k->neg_mask_f16); break;
+    default: pack_impl<uint16_t>(x, out, k->neg_mask_bf16); break;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- XNOR conv / linear
+// The contract says tail bits past C are 0 (pack_bits guarantees it); the reference
+// ignores them anyway, so a packed input with stray tail bits is masked (copied)
+// rather than silently counted.  Weight panels are always masked.
+Tensor masked_tail(const Tensor& bits, int64_t channels) {
+  const uint64_t mask = core::tail_mask(channels);
+  if (mask == ~uint64_t(0) || bits.numel() == 0) return bits;
+  const int64_t words = bits.size(-1), rows = bits.numel() / words;
+  const uint64_t* p = reinterpret_cast<const uint64_t*>(bits.const_data_ptr<int64_t>());
+  std::atomic<bool> dirty{false};
+  at::parallel_for(0, rows, 1 << 16, [&](int64_t b, int64_t e) {
+    uint64_t acc = 0;
+    for (int64_t r = b; r < e; ++r) acc |= p[r * words + words - 1] & ~mask;
+    if (acc) dirty = true;
+  });
+  if (!dirty) return bits;
+  Tensor c = bits.clone();
+  uint64_t* q = reinterpret_cast<uint64_t*>(c.data_ptr<int64_t>());
+  for (int64_t r = 0; r < rows; ++r) q[r * words + words - 1] &= mask;
+  return c;
+}
+
+void check_bits(const char* op, const char* name, const Tensor& t, int64_t dim) {
+  TORCH_CHECK(t.scalar_type() == at::kLong, "irnet::", op, ": expected ", name,
+              " to be int64 packed bits (from pack_bits), got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == dim, "irnet::", op, ": expected ", name, " of rank ", dim, ", got shape ", t.sizes());
+  TORCH_CHECK(t.device().is_cpu(), "irnet::", op, ": expected ", name, " on the CPU, got ", t.device());
+}
+
+Tensor checked_scale(const char* op, const std::optional<Tensor>& scale, int64_t O) {
+  if (!scale.has_value() || !scale->defined()) return Tensor();
+  const Tensor& s = *scale;
+  TORCH_CHECK(s.is_floating_point(), "irnet::", op, ": expected a floating-point scale, got ", s.scalar_type());
+  TORCH_CHECK(s.dim() == 1 && s.size(0) == O, "irnet::", op, ": expected scale of shape (", O,
+              ",) (one per output channel), got ", s.sizes());
+  TORCH_CHECK(s.device().is_cpu(), "irnet::", op, ": expected scale on the CPU, got ", s.device());
+  return s.to(at::kFloat).contiguous();
+}
+
+// ---------------------------------------------------------------- weight re-layout
+// The inner loop wants the weights as panels [O/nr][L][split][nr] (xnor_simd.h) plus
+// the padding-correction table.  Building them reads w_bits once and writes twice its
+// size: for a 512-channel 3x3 layer that is a good part of a batch-1 call.  Inference
+// calls a layer with the same weight again and again, so the last layouts are kept:
+// an entry is reused only if its copy of the weight bits is equal, word for word, to
+// the w_bits of this call (a read of the weight: far cheaper than the re-layout, and
+// safe whatever changed the weight in place), for the same level and geometry.
+struct WeightLayout {
+  Tensor panels, wrect;
+};
+
+struct LayoutEntry {
+  const void* data = nullptr;  // w_bits data pointer (lookup hint; the copy decides)
+  Tensor copy;                 // the weight bits the layout was built from
+  const LevelKernels* level = nullptr;
+  int64_t O = 0, kh = 0, kw = 0, words = 0;
+  WeightLayout layout;
+  uint64_t last_use = 0;
+};
+
+constexpr size_t kLayoutCacheEntries = 64;
+constexpr int64_t kLayoutCacheMaxWeightWords = int64_t(1) << 22;  // 32 MiB weights: not cached
+
+std::mutex g_layout_mutex;
+std::vector<LayoutEntry> g_layouts;
+uint64_t g_layout_clock = 0;
+
+WeightLayout build_layout(const Tensor& w_bits, const ConvProblem& P, const LevelKernels* k) {
+  const int64_t L = P.kh * P.kw * P.words;
+  const int64_t npan = (P.O + k->nr - 1) / k->nr;
+  WeightLayout out;
+  out.panels = at::empty({npan * L * k->nr * k->split}, w_bits.options());
+  out.wrect = at::empty({(P.kh + 1) * (P.kw + 1) * npan * k->nr}, w_bits.options());
+  const uint64_t* wsrc = reinterpret_cast<const uint64_t*>(w_bits.const_data_ptr<int64_t>());
+  uint64_t* pdst = reinterpret_cast<uint64_t*>(out.panels.data_ptr<int64_t>());
+  int64_t* rdst = out.wrect.data_ptr<int64_t>();
+  at::parallel_for(0, npan, std::max<int64_t>(1, 8192 / (L * k->nr)), [&](int64_t b, int64_t e) {
+    pack_weight_panels(wsrc, P.O, P.kh, P.kw, P.words, k->nr, k->split, b, e, pdst, rdst);
+  });
+  return out;
+}
+
+WeightLayout weight_layout(const Tensor& w_bits, const ConvProblem& P, const LevelKernels* k) {
+  const int64_t n = w_bits.numel();
+  if (n > kLayoutCacheMaxWeightWords) return build_layout(w_bits, P, k);
+  const void* data = w_bits.const_data_ptr();
+  {
+    std::lock_guard<std::mutex> lock(g_layout_mutex);
+    for (LayoutEntry& e : g_layouts) {
+      if (e.data == data && e.level == k && e.O == P.O && e.kh == P.kh && e.kw == P.kw && e.words == P.words &&
+          std::memcmp(e.copy.const_data_ptr(), data, size_t(n) * sizeof(int64_t)) == 0) {
+        e.last_use = ++g_layout_clock;
+        return e.layout;
+      }
+    }
+  }
+  WeightLayout built = build_layout(w_bits, P, k);
+  LayoutEntry entry;
+  entry.data = data;
+  entry.copy = w_bits.clone();
+  entry.level = k;
+  entry.O = P.O, entry.kh = P.kh, entry.kw = P.kw, entry.words = P.words;
+  entry.layout = built;
+  std::lock_guard<std::mutex> lock(g_layout_mutex);
+  entry.last_use = ++g_layout_clock;
+  for (LayoutEntry& e : g_layouts) {  // same weight buffer, new contents: replace
+    if (e.data == data && e.level == k) {
+      e = std::move(entry);
+      return built;
+    }
+  }
+  if (g_layouts.size() < kLayoutCacheEntries) {
+    g_layouts.push_back(std::move(entry));
+  } else {  // evict the least recently used
+    size_t victim = 0;
+    for (size_t i = 1; i < g_layouts.size(); ++i)
+      if (g_layouts[i].last_use < g_layouts[victim].last_use) victim = i;
+    g_layouts[victim] = std::move(entry);
+  }
+  return built;
+}
+
+// Splits output pixels into blocks (the im2col block stays in L1) and, when there are
+// too few blocks for the threads, the output-channel panels into groups too.
+void run_conv(ConvProblem& P, const Tensor& w_bits, const Tensor& scale) {
+  const LevelKernels* k = current();
+  TORCH_CHECK(P.C * P.kh * P.kw < (int64_t(1) << 31), "irnet::xnor_conv2d/xnor_linear: expected fewer than 2^31 terms ",
+              "per dot product (in_channels * kh * kw), got ", P.C * P.kh * P.kw);
+  const int64_t L = P.kh * P.kw * P.words;
+  const int64_t npan = (P.O + k->nr - 1) / k->nr;
+  const int64_t opad = npan * k->nr;
+  // per-channel factors padded to whole panels: the scale, or ones when there is none
+  Tensor factors = at::zeros({opad}, w_bits.options().dtype(at::kFloat));
+  if (scale.defined()) {
+    factors.narrow(0, 0, P.O).copy_(scale);
+    P.scale = factors.const_data_ptr<float>();
+  } else {
+    factors.narrow(0, 0, P.O).fill_(1.0f);
+    P.ones = factors.const_data_ptr<float>();
+  }
+  const WeightLayout lay = weight_layout(w_bits, P, k);
+  P.wpanel = reinterpret_cast<const uint64_t*>(lay.panels.const_data_ptr<int64_t>());
+  P.wrect = lay.wrect.const_data_ptr<int64_t>();
+
+  const int64_t M = P.N * P.Ho * P.Wo;
+  int64_t mb = std::clamp<int64_t>(16384 / (8 * L * k->split), 4 * k->mr, 256);  // ~16 KiB of patch rows
+  mb = (mb + k->mr - 1) / k->mr * k->mr;
+  const int64_t nbm = (M + mb - 1) / mb;
+  const int64_t threads = at::get_num_threads();
+  int64_t groups = 1;
+  if (nbm < 4 * threads) groups = std::min<int64_t>(npan, (4 * threads + nbm - 1) / nbm);
+  const int64_t ppg = (npan + groups - 1) / groups;
+  groups = (npan + ppg - 1) / ppg;
+  const int64_t scratch_words = conv_scratch_words(P, mb);
+  at::parallel_for(0, nbm * groups, 1, [&](int64_t b, int64_t e) {
+    std::vector<uint64_t> scratch(static_cast<size_t>(scratch_words));
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t bm = t / groups, g = t % groups;
+      k->conv_block(P, bm * mb, std::min(M, bm * mb + mb), g * ppg, std::min(npan, g * ppg + ppg), scratch.data());
+    }
+  });
+}
+
+Tensor xnor_conv2d_cpu(const Tensor& x_bits, const Tensor& w_bits, const std::optional<Tensor>& scale,
+                       int64_t in_channels, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const char* op = "xnor_conv2d";
+  check_bits(op, "x_bits (N, H, W, words)", x_bits, 4);
+  check_bits(op, "w_bits (C_out, kh, kw, words)", w_bits, 4);
+  TORCH_CHECK(in_channels >= 1, "irnet::xnor_conv2d: expected in_channels >= 1, got ", in_channels);
+  const int64_t words = core::num_words(in_channels);
+  TORCH_CHECK(x_bits.size(3) == words, "irnet::xnor_conv2d: expected x_bits with ", words, " words per pixel for ",
+              in_channels, " channels, got shape ", x_bits.sizes());
+  TORCH_CHECK(w_bits.size(3) == words, "irnet::xnor_conv2d: expected w_bits with ", words, " words per tap for ",
+              in_channels, " channels (as x_bits), got shape ", w_bits.sizes());
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+              "irnet::xnor_conv2d: expected stride, padding, dilation of 2 ints each, got ", stride, ", ", padding, ", ",
+              dilation);
+  TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1 && dilation[0] >= 1 && dilation[1] >= 1 && padding[0] >= 0 &&
+                  padding[1] >= 0,
+              "irnet::xnor_conv2d: expected stride >= 1, dilation >= 1, padding >= 0, got stride ", stride,
+              ", padding ", padding, ", dilation ", dilation);
+  const int64_t kh = w_bits.size(1), kw = w_bits.size(2), O = w_bits.size(0);
+  TORCH_CHECK(kh >= 1 && kw >= 1, "irnet::xnor_conv2d: expected a kernel of at least 1x1, got w_bits shape ",
+              w_bits.sizes());
+  const int64_t N = x_bits.size(0), H = x_bits.size(1), W = x_bits.size(2);
+  const int64_t Ho = core::conv_out_size(H, kh, stride[0], padding[0], dilation[0]);
+  const int64_t Wo = core::conv_out_size(W, kw, stride[1], padding[1], dilation[1]);
+  TORCH_CHECK(H >= 1 && W >= 1 && Ho >= 1 && Wo >= 1, "irnet::xnor_conv2d: expected an output of at least 1x1, got ",
+              Ho, "x", Wo, " (input ", H, "x", W, ", kernel ", kh, "x", kw, ", stride ", stride, ", padding ", padding,
+              ", dilation ", dilation, ")");
+  const Tensor s = checked_scale(op, scale, O);
+  Tensor out = at::empty({N, O, Ho, Wo}, x_bits.options().dtype(at::kFloat));
+  if (out.numel() == 0) return out;
+  const Tensor xc = masked_tail(x_bits.contiguous(), in_channels);
+  const Tensor wc = masked_tail(w_bits.contiguous(), in_channels);
+  ConvProblem P;
+  P.x = reinterpret_cast<const uint64_t*>(xc.const_data_ptr<int64_t>());
+  P.N = N, P.H = H, P.W = W, P.words = words, P.C = in_channels;
+  P.O = O, P.kh = kh, P.kw = kw;
+  P.sh = stride[0], P.sw = stride[1], P.ph = padding[0], P.pw = padding[1], P.dh = dilation[0], P.dw = dilation[1];
+  P.Ho = Ho, P.Wo = Wo;
+  P.out = out.data_ptr<float>();
+  run_conv(P, wc, s);
+  return out;
+}
+
+// A linear layer is the 1x1 convolution of N one-pixel images: the patch rows are the
+// input rows themselves, (N, O, 1, 1) has the memory of (N, O).
+Tensor xnor_linear_cpu(const Tensor& x_bits, const Tensor& w_bits, const std::optional<Tensor>& scale,
+                       int64_t in_features) {
+  const char* op = "xnor_linear";
+  check_bits(op, "x_bits (N, words)", x_bits, 2);
+  check_bits(op, "w_bits (C_out, words)", w_bits, 2);
+  TORCH_CHECK(in_features >= 1, "irnet::xnor_linear: expected in_features >= 1, got ", in_features);
+  const int64_t words = core::num_words(in_features);
+  TORCH_CHECK(x_bits.size(1) == words, "irnet::xnor_linear: expected x_bits with ", words, " words per row for ",
+              in_features, " features, got shape ", x_bits.sizes());
+  TORCH_CHECK(w_bits.size(1) == words, "irnet::xnor_linear: expected w_bits with ", words, " words per row for ",
+              in_features, " features (as x_bits), got shape ", w_bits.sizes());
+  const int64_t N = x_bits.size(0), O = w_bits.size(0);
+  const Tensor s = checked_scale(op, scale, O);
+  Tensor out = at::empty({N, O}, x_bits.options().dtype(at::kFloat));
+  if (out.numel() == 0) return out;
+  const Tensor xc = masked_tail(x_bits.contiguous(), in_features);
+  const Tensor wc = masked_tail(w_bits.contiguous(), in_features);
+  ConvProblem P;
+  P.x = reinterpret_cast<const uint64_t*>(xc.const_data_ptr<int64_t>());
+  P.N = N, P.H = 1, P.W = 1, P.words = words, P.C = in_features;
+  P.O = O, P.kh = 1, P.kw = 1, P.Ho = 1, P.Wo = 1;
+  P.out = out.data_ptr<float>();
+  run_conv(P, wc, s);
+  return out;
+}
+
+// Binary peak probe: every thread runs the register tile of the current level over
+// L1-resident operands (`words` words per dot) `iters` times.  Returns binary
+// multiply-accumulates per second (one XOR-popcounted bit = one MAC).
+volatile uint64_t g_probe_sink = 0;
+
+double cpu_popcount_peak_bench(int64_t words, int64_t iters) {
+  TORCH_CHECK(words >= 1 && words <= 256 && iters >= 1,
+              "irnet::cpu_popcount_peak_bench: expected 1 <= words <= 256 and iters >= 1, got ", words, ", ", iters);
+  const LevelKernels* k = current();
+  const int64_t threads = at::get_num_threads();
+  std::atomic<int64_t> total{0};
+  std::atomic<uint64_t> sink{0};
+  const auto t0 = std::chrono::steady_clock::now();
+  at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      uint64_t s = 0;
+      total += k->peak_probe(words, iters, &s);
+      sink += s;
+    }
+  });
+  const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  g_probe_sink = sink.load();  // keeps the probe's result alive
+  return double(total.load()) * core::kWordBits / sec;
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace irnet
+
+TORCH_LIBRARY_IMPL(irnet, CPU, m) {
+  m.impl("pack_bits", &irnet::cpu::pack_bits_cpu);
+  m.impl("xnor_conv2d", &irnet::cpu::xnor_conv2d_cpu);
+  m.impl("xnor_linear", &irnet::cpu::xnor_linear_cpu);
+}
+
+// SIMD-level controls of the CPU XNOR kernels (no tensors: plain functions).
+TORCH_LIBRARY_FRAGMENT(irnet, m) {
+  m.def("cpu_simd_level() -> str", &irnet::cpu::cpu_simd_level);
+  m.def("cpu_simd_levels() -> str[]", &irnet::cpu::cpu_simd_levels);
+  m.def("set_cpu_simd_level(str level) -> ()", &irnet::cpu::set_cpu_simd_level);
+  m.def("cpu_popcount_peak_bench(int words, int iters) -> float", &irnet::cpu::cpu_popcount_peak_bench);
+}

@@ -1,0 +1,308 @@
+// irnet CPU: instantiates the XNOR-popcount kernel body (xnor_level_impl.inc) once
+// per SIMD level, each under its own target pragma (setup.py passes no -m flags:
+// the baseline build stays portable and the CPU is asked at run time), and the
+// table that picks a level.  Torch-free.
+#include "cpu/xnor_simd.h"
+
+#include <cstring>
+
+#include "core/bitpack.h"
+#include "core/conv_geometry.h"
+
+#if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
+#define IRNET_X86 1
+#include <immintrin.h>
+#else
+#define IRNET_X86 0
+#endif
+
+namespace irnet {
+namespace cpu {
+
+// ============================================================================ scalar
+// One 64-bit word per lane; __builtin_popcountll is the POPCNT instruction under
+// target("popcnt") and libgcc's portable count in the "generic" build.
+#define IRNET_SCALAR_OPS                                                                  \
+  struct Ops {                                                                            \
+    using vec = uint64_t;                                                                 \
+    using acc = uint64_t;                                                                 \
+    static constexpr int LANES = 1, V = 4, MR = 2, SPLIT = 1;                             \
+    static IRNET_INLINE void split(uint64_t w, uint64_t* out) { out[0] = w; }             \
+    static constexpr int64_t CHUNK = int64_t(1) << 40;                                    \
+    static IRNET_INLINE vec load(const uint64_t* p) { return *p; }                        \
+    static IRNET_INLINE vec bcast(const uint64_t* p) { return *p; }                       \
+    static IRNET_INLINE vec vxor(vec a, vec b) { return a ^ b; }                          \
+    static IRNET_INLINE acc zero() { return 0; }                                          \
+    static IRNET_INLINE acc add_pop(acc s, vec v) { return s + uint64_t(__builtin_popcountll(v)); } \
+    static IRNET_INLINE void flush(acc s, int64_t* out, bool first) { out[0] = (first ? 0 : out[0]) + int64_t(s); }         \
+    static constexpr int BF32 = 1, BF64 = 1, BF16 = 1, BBF16 = 1;                         \
+    static uint64_t neg_f32(const float*) { return 0; }                                   \
+    static uint64_t neg_f64(const double*) { return 0; }                                  \
+    static uint64_t neg_f16(const uint16_t*) { return 0; }                                \
+    static uint64_t neg_bf16(const uint16_t*) { return 0; }                               \
+  };
+
+namespace generic {
+constexpr const char* kLevelName = "scalar";
+IRNET_SCALAR_OPS
+#include "cpu/xnor_level_impl.inc"
+}  // namespace generic
+
+#if IRNET_X86
+// ---------------------------------------------------------------- scalar + POPCNT
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("popcnt"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("popcnt")
+#endif
+namespace scalar {
+constexpr const char* kLevelName = "scalar";
+IRNET_SCALAR_OPS
+#include "cpu/xnor_level_impl.inc"
+}  // namespace scalar
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+// ============================================================================ AVX2
+// Popcount of 64-bit lanes without a popcount instruction (W. Mula's method): split
+// every byte into its two nibbles, look both up in a 16-entry table of bit counts with
+// VPSHUFB, add: per byte a count <= 8.  Byte counts accumulate for up to 31 steps
+// (31 * 8 = 248 < 256) and VPSADBW against zero then sums the 8 bytes of each 64-bit
+// lane, which is exactly the per-lane (= per output channel) popcount.
+// The nibble split commutes with XOR: lo(x ^ w) = lo(x) ^ lo(w), hi likewise, with
+// lo(v) = v & 0x0F.., hi(v) = (v >> 4) & 0x0F...  So both operands are stored split
+// (weights once per call, activations when the patch rows are built) and the inner
+// loop does 2 XOR + 2 VPSHUFB + 2 ADD per 4 words instead of XOR + AND + SHIFT + AND +
+// 2 VPSHUFB + 2 ADD: 6 vector ops instead of 8, for twice the (L1-resident) loads.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,popcnt,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,popcnt,f16c")
+#endif
+namespace avx2 {
+constexpr const char* kLevelName = "avx2";
+struct Ops {
+  struct vec {
+    __m256i lo, hi;  // nibble halves of 4 words
+  };
+  using acc = __m256i;
+  static constexpr int LANES = 4, V = 2, MR = 3, SPLIT = 2;
+  static constexpr int NR_ = LANES * V;
+  static constexpr int64_t CHUNK = 31;
+  static IRNET_INLINE void split(uint64_t w, uint64_t* out) {
+    out[0] = w & 0x0F0F0F0F0F0F0F0FULL;
+    out[1] = (w >> 4) & 0x0F0F0F0F0F0F0F0FULL;
+  }
+  // panel layout [k][2][NR]: the low halves of the NR channels, then the high halves
+  static IRNET_INLINE vec load(const uint64_t* p) {
+    return {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + NR_))};
+  }
+  static IRNET_INLINE vec bcast(const uint64_t* p) {
+    return {_mm256_set1_epi64x(static_cast<long long>(p[0])), _mm256_set1_epi64x(static_cast<long long>(p[1]))};
+  }
+  static IRNET_INLINE vec vxor(vec a, vec b) { return {_mm256_xor_si256(a.lo, b.lo), _mm256_xor_si256(a.hi, b.hi)}; }
+  static IRNET_INLINE acc zero() { return _mm256_setzero_si256(); }
+  static IRNET_INLINE acc add_pop(acc s, vec v) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    return _mm256_add_epi8(s, _mm256_add_epi8(_mm256_shuffle_epi8(lut, v.lo), _mm256_shuffle_epi8(lut, v.hi)));
+  }
+  static IRNET_INLINE void flush(acc s, int64_t* out, bool first) {
+    __m256i q = _mm256_sad_epu8(s, _mm256_setzero_si256());
+    if (!first) q = _mm256_add_epi64(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(out)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), q);
+  }
+  // Sign masks: VCMPPS with _CMP_LT_OQ is false for -0.0 and NaN, like `x < 0`.
+  static constexpr int BF32 = 8, BF64 = 4, BF16 = 8, BBF16 = 8;
+  static uint64_t neg_f32(const float* p) {
+    return uint64_t(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p), _mm256_setzero_ps(), _CMP_LT_OQ)));
+  }
+  static uint64_t neg_f64(const double* p) {
+    return uint64_t(_mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(p), _mm256_setzero_pd(), _CMP_LT_OQ)));
+  }
+  static uint64_t neg_f16(const uint16_t* p) {
+    const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return uint64_t(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ)));
+  }
+  static uint64_t neg_bf16(const uint16_t* p) {
+    // bfloat16 is the high half of a float32
+    const __m256i i = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
+    return uint64_t(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_castsi256_ps(i), _mm256_setzero_ps(), _CMP_LT_OQ)));
+  }
+};
+#include "cpu/xnor_level_impl.inc"
+}  // namespace avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+// ============================================================================ AVX-512
+// VPOPCNTQ counts each 64-bit lane directly; 64-bit accumulators never overflow.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vpopcntdq,popcnt")
+// GCC 12's own avx512 intrinsic headers trip -Wmaybe-uninitialized (_mm512_undefined_*)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+namespace avx512 {
+constexpr const char* kLevelName = "avx512";
+struct Ops {
+  using vec = __m512i;
+  using acc = __m512i;
+  static constexpr int LANES = 8, V = 2, MR = 4, SPLIT = 1;
+  static IRNET_INLINE void split(uint64_t w, uint64_t* out) { out[0] = w; }
+  static constexpr int64_t CHUNK = int64_t(1) << 40;
+  static IRNET_INLINE vec load(const uint64_t* p) { return _mm512_loadu_si512(p); }
+  static IRNET_INLINE vec bcast(const uint64_t* p) { return _mm512_set1_epi64(static_cast<long long>(*p)); }
+  static IRNET_INLINE vec vxor(vec a, vec b) { return _mm512_xor_si512(a, b); }
+  static IRNET_INLINE acc zero() { return _mm512_setzero_si512(); }
+  static IRNET_INLINE acc add_pop(acc s, vec v) { return _mm512_add_epi64(s, _mm512_popcnt_epi64(v)); }
+  static IRNET_INLINE void flush(acc s, int64_t* out, bool first) {
+    if (!first) s = _mm512_add_epi64(s, _mm512_loadu_si512(out));
+    _mm512_storeu_si512(out, s);
+  }
+  static constexpr int BF32 = 16, BF64 = 8, BF16 = 16, BBF16 = 16;
+  static uint64_t neg_f32(const float* p) {
+    return uint64_t(_mm512_cmp_ps_mask(_mm512_loadu_ps(p), _mm512_setzero_ps(), _CMP_LT_OQ));
+  }
+  static uint64_t neg_f64(const double* p) {
+    return uint64_t(_mm512_cmp_pd_mask(_mm512_loadu_pd(p), _mm512_setzero_pd(), _CMP_LT_OQ));
+  }
+  static uint64_t neg_f16(const uint16_t* p) {
+    const __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return uint64_t(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ));
+  }
+  static uint64_t neg_bf16(const uint16_t* p) {
+    const __m512i i = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
+    return uint64_t(_mm512_cmp_ps_mask(_mm512_castsi512_ps(i), _mm512_setzero_ps(), _CMP_LT_OQ));
+  }
+};
+#include "cpu/xnor_level_impl.inc"
+}  // namespace avx512
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif
+#endif  // IRNET_X86
+
+// ============================================================================ table
+int64_t conv_scratch_words(const ConvProblem& P, int64_t rows) {
+  const int64_t info_words = int64_t(sizeof(generic::RowInfo) / sizeof(uint64_t));
+  return rows * (info_words + 2 * P.kh * P.kw * P.words);  // up to 2 stored words per word
+}
+
+void pack_weight_panels(const uint64_t* w, int64_t O, int64_t kh, int64_t kw, int64_t words, int nr, int split,
+                        int64_t p0, int64_t p1, uint64_t* panels, int64_t* wrect) {
+  const int64_t L = kh * kw * words;
+  const int64_t opad = (O + nr - 1) / nr * nr;
+  const int64_t ncell = (kh + 1) * (kw + 1);
+  for (int64_t p = p0; p < p1; ++p) {
+    // panel writes in order (nr rows read side by side: nr sequential read streams)
+    uint64_t* dst = panels + p * L * nr * split;
+    const int64_t lanes = O - p * nr < nr ? O - p * nr : nr;
+    for (int64_t k = 0; k < L; ++k, dst += nr * split) {
+      for (int q = 0; q < nr; ++q) {
+        const uint64_t v = q < lanes ? w[(p * nr + q) * L + k] : 0;
+        if (split == 1) {
+          dst[q] = v;
+        } else {  // nibble halves, as avx2::Ops::split
+          dst[q] = v & 0x0F0F0F0F0F0F0F0FULL;
+          dst[nr + q] = (v >> 4) & 0x0F0F0F0F0F0F0F0FULL;
+        }
+      }
+    }
+    // S[i][j][o] = sum over taps (i' < i, j' < j) of popcount(w[o, i', j', :])
+    for (int64_t cell = 0; cell < ncell; ++cell)
+      for (int q = 0; q < nr; ++q) wrect[cell * opad + p * nr + q] = 0;
+    for (int64_t q = 0; q < lanes; ++q) {
+      const int64_t o = p * nr + q;
+      const uint64_t* src = w + o * L;
+      for (int64_t i = 1; i <= kh; ++i) {
+        for (int64_t j = 1; j <= kw; ++j) {
+          const uint64_t* t = src + ((i - 1) * kw + (j - 1)) * words;
+          int64_t tap = 0;
+          for (int64_t c = 0; c < words; ++c) tap += core::popcount64(t[c]);
+          wrect[(i * (kw + 1) + j) * opad + o] = wrect[((i - 1) * (kw + 1) + j) * opad + o] +
+                                                 wrect[(i * (kw + 1) + j - 1) * opad + o] -
+                                                 wrect[((i - 1) * (kw + 1) + j - 1) * opad + o] + tap;
+        }
+      }
+    }
+  }
+}
+
+namespace {
+struct LevelEntry {
+  const char* name;
+  const LevelKernels* kernels;
+  bool (*runnable)();
+};
+
+#if IRNET_X86
+bool cpu_has_avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vpopcntdq");
+}
+bool cpu_has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("f16c");
+}
+bool cpu_has_popcnt() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("popcnt");
+}
+#endif
+bool always() { return true; }
+
+// Best first.  "scalar" appears twice: with POPCNT where the CPU has it, else generic.
+const LevelEntry kLevels[] = {
+#if IRNET_X86
+    {"avx512", &avx512::kKernels, &cpu_has_avx512},
+    {"avx2", &avx2::kKernels, &cpu_has_avx2},
+    {"scalar", &scalar::kKernels, &cpu_has_popcnt},
+#endif
+    {"scalar", &generic::kKernels, &always},
+};
+}  // namespace
+
+int supported_levels(const char** names, int max_names) {
+  int n = 0;
+  const char* last = nullptr;
+  for (const LevelEntry& e : kLevels) {
+    if (!e.runnable()) continue;
+    if (last && std::strcmp(last, e.name) == 0) continue;
+    if (n < max_names) names[n] = e.name;
+    last = e.name;
+    ++n;
+  }
+  return n;
+}
+
+bool is_known_level(const char* name) {
+  for (const LevelEntry& e : kLevels)
+    if (std::strcmp(e.name, name) == 0) return true;
+  return std::strcmp(name, "avx512") == 0 || std::strcmp(name, "avx2") == 0;
+}
+
+const LevelKernels* level_kernels(const char* name) {
+  for (const LevelEntry& e : kLevels)
+    if (std::strcmp(e.name, name) == 0 && e.runnable()) return e.kernels;
+  return nullptr;
+}
+
+}  // namespace cpu
+}  // namespace irnet

@@ -1,0 +1,76 @@
+// irnet CPU: the XNOR-popcount kernels, one set per SIMD level, behind a table of
+// function pointers chosen at run time.  Torch-free (the unit test in
+// csrc/tests/test_core.cpp links it without libtorch); threading and argument checks
+// live in csrc/cpu/xnor_cpu.cpp.
+//
+// Levels: "avx512" (avx512f + avx512bw + avx512vpopcntdq: VPOPCNTQ), "avx2" (+f16c:
+// the pshufb nibble-table popcount), "scalar" (POPCNT instruction where the CPU has
+// it, the portable bit-twiddling count otherwise).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace irnet {
+namespace cpu {
+
+// A convolution (or a linear layer: H = W = kh = kw = 1) on packed operands.
+//   x:       (N, H, W, words) packed activations, contiguous
+//   wpanel:  weights re-laid for the inner loop: [panel][k][split][NR] words, with
+//            k over L = kh*kw*words (the row of w_bits (O, kh, kw, words)) and
+//            output channel o = panel*NR + lane (lanes past O hold zeros)
+//   wrect:   2-D prefix sums over the taps of popcount(w[o, i, j, :]), laid out
+//            ((kh+1)*(kw+1), opad) with opad = ceil(O/nr)*nr (zeros past O): the
+//            padding correction (see conv_block)
+//   out:     float32 (N, O, Ho, Wo) contiguous
+struct ConvProblem {
+  const uint64_t* x = nullptr;
+  int64_t N = 0, H = 0, W = 0, words = 0, C = 0;
+  const uint64_t* wpanel = nullptr;
+  const int64_t* wrect = nullptr;
+  int64_t O = 0, kh = 1, kw = 1;
+  int64_t sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
+  int64_t Ho = 0, Wo = 0;
+  const float* scale = nullptr;  // (opad,) (zeros past O) or null
+  const float* ones = nullptr;   // (opad,) of 1.0f, used where scale is null
+  float* out = nullptr;
+};
+
+struct LevelKernels {
+  const char* name;
+  int nr;        // output channels per weight panel
+  int mr;        // output pixels per register tile
+  int split;     // stored words per packed word in the weight panels (2: nibble halves)
+  // Computes out[m, o] for output pixels m in [m0, m1) (flattened n, ho, wo) and
+  // output channels of panels [p0, p1).  scratch: conv_scratch_words(P, m1 - m0) words.
+  void (*conv_block)(const ConvProblem& P, int64_t m0, int64_t m1, int64_t p0, int64_t p1, uint64_t* scratch);
+  // Packs n <= 64 contiguous values into one word, bit i = (p[i] < 0).
+  uint64_t (*neg_mask_f32)(const float* p, int64_t n);
+  uint64_t (*neg_mask_f64)(const double* p, int64_t n);
+  uint64_t (*neg_mask_f16)(const uint16_t* p, int64_t n);   // IEEE half bits
+  uint64_t (*neg_mask_bf16)(const uint16_t* p, int64_t n);  // bfloat16 bits
+  // Throughput probe: runs the register tile over L1-resident operands `iters`
+  // times with `k` words per dot; returns the number of word XOR-popcounts done.
+  int64_t (*peak_probe)(int64_t k, int64_t iters, uint64_t* sink);
+};
+
+// Words of scratch conv_block needs for a block of `rows` output pixels.
+int64_t conv_scratch_words(const ConvProblem& P, int64_t rows);
+
+// Re-lays w_bits (O, L) row-major into panels [ceil(O/nr)][L][split][nr] (zeros past
+// O; split 2 stores each word as its nibble halves w & 0x0F.., (w >> 4) & 0x0F..) and
+// fills wrect ((kh+1)*(kw+1), ceil(O/nr)*nr) with the tap popcount prefix sums; only
+// panels [p0, p1) and their wrect columns (so that threads can share the work).
+void pack_weight_panels(const uint64_t* w, int64_t O, int64_t kh, int64_t kw, int64_t words, int nr, int split,
+                        int64_t p0, int64_t p1, uint64_t* panels, int64_t* wrect);
+
+// Levels compiled into this build and runnable on this CPU, best first.
+// Returns the count; names[i] point to static strings.
+int supported_levels(const char** names, int max_names);
+// Every level name this build knows (runnable or not).
+bool is_known_level(const char* name);
+// Kernels of a level by name; nullptr if unknown or not runnable here.
+const LevelKernels* level_kernels(const char* name);
+
+}  // namespace cpu
+}  // namespace irnet

@@ -1,0 +1,257 @@
+// Unit test of the torch-free core (csrc/core) and of the CPU XNOR kernels of every
+// SIMD level this CPU runs (csrc/cpu/xnor_simd.*), each against a naive loop.
+// Built and run by CMakeLists.txt (ctest); tests/test_ctest.py drives it from pytest.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "core/bitpack.h"
+#include "core/conv_geometry.h"
+#include "cpu/xnor_simd.h"
+
+using namespace irnet;
+
+static int g_failures = 0;
+#define CHECK(cond, ...)                                                   \
+  do {                                                                     \
+    if (!(cond)) {                                                         \
+      ++g_failures;                                                        \
+      if (g_failures < 20) {                                               \
+        std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);        \
+        std::printf(__VA_ARGS__);                                          \
+        std::printf("\n");                                                 \
+      }                                                                    \
+    }                                                                      \
+  } while (0)
+
+static std::mt19937_64 rng(12345);
+
+static float rand_value() {
+  std::uniform_int_distribution<int> pick(0, 19);
+  std::normal_distribution<float> g;
+  switch (pick(rng)) {
+    case 0: return -0.0f;
+    case 1: return 0.0f;
+    case 2: return std::nanf("");
+    case 3: return -std::nanf("");
+    case 4: return -INFINITY;
+    default: return g(rng);
+  }
+}
+
+// IEEE half -> float, written out (the truth for the half sign test).
+static float half_to_float(uint16_t h) {
+  const int s = h >> 15, e = (h >> 10) & 31, m = h & 1023;
+  float v;
+  if (e == 0) v = std::ldexp(float(m), -24);
+  else if (e == 31) v = m ? NAN : INFINITY;
+  else v = std::ldexp(float(m | 1024), e - 25);
+  return s ? -v : v;
+}
+static float bf16_to_float(uint16_t h) {
+  uint32_t u = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+static void test_popcount_and_dot() {
+  for (int t = 0; t < 2000; ++t) {
+    const uint64_t v = rng();
+    int naive = 0;
+    for (int b = 0; b < 64; ++b) naive += (v >> b) & 1;
+    CHECK(core::popcount64(v) == naive, "v=%llx", (unsigned long long)v);
+  }
+  for (int64_t len : {1, 2, 63, 64, 65, 127, 128, 129, 200, 511, 1000}) {
+    std::vector<float> a(len), b(len);
+    for (auto& v : a) v = rand_value();
+    for (auto& v : b) v = rand_value();
+    const int64_t words = core::num_words(len);
+    CHECK(words == (len + 63) / 64, "len=%lld", (long long)len);
+    std::vector<uint64_t> pa(words, ~0ull), pb(words, ~0ull);
+    core::pack_row_strided(a.data(), 1, len, pa.data());
+    core::pack_row_strided(b.data(), 1, len, pb.data());
+    int64_t naive = 0;
+    for (int64_t i = 0; i < len; ++i) {
+      const int sa = a[i] < 0 ? -1 : 1, sb = b[i] < 0 ? -1 : 1;  // NaN, -0.0 -> +1
+      naive += sa * sb;
+      CHECK(((pa[i / 64] >> (i % 64)) & 1) == (a[i] < 0 ? 1u : 0u), "pack bit %lld", (long long)i);
+    }
+    CHECK((pa[words - 1] & ~core::tail_mask(len)) == 0, "tail bits not zero for len %lld", (long long)len);
+    CHECK(core::xnor_dot(pa.data(), pb.data(), words, len) == naive, "dot len=%lld", (long long)len);
+    // strided packing: every third element
+    std::vector<float> s(3 * len);
+    for (int64_t i = 0; i < len; ++i) s[3 * i] = a[i];
+    std::vector<uint64_t> ps(words);
+    core::pack_row_strided(s.data(), 3, len, ps.data());
+    CHECK(ps == pa, "strided pack len=%lld", (long long)len);
+  }
+  // the half / bfloat16 sign tests against a decoded value, over every bit pattern
+  for (uint32_t h = 0; h < 65536; ++h) {
+    CHECK(core::is_negative_f16_bits(uint16_t(h)) == (half_to_float(uint16_t(h)) < 0), "f16 %x", h);
+    CHECK(core::is_negative_bf16_bits(uint16_t(h)) == (bf16_to_float(uint16_t(h)) < 0), "bf16 %x", h);
+  }
+}
+
+static void test_transpose() {
+  for (int t = 0; t < 20; ++t) {
+    uint64_t a[64], b[64];
+    for (auto& v : a) v = rng();
+    std::memcpy(b, a, sizeof(a));
+    core::transpose64(b);
+    for (int i = 0; i < 64; ++i)
+      for (int j = 0; j < 64; ++j) CHECK(((b[i] >> j) & 1) == ((a[j] >> i) & 1), "transpose %d %d", i, j);
+  }
+}
+
+static void test_geometry() {
+  for (int64_t in = 1; in <= 12; ++in)
+    for (int64_t k = 1; k <= 7; ++k)
+      for (int64_t s = 1; s <= 3; ++s)
+        for (int64_t p = 0; p <= 4; ++p)
+          for (int64_t d = 1; d <= 3; ++d) {
+            const int64_t out = core::conv_out_size(in, k, s, p, d);
+            int64_t brute_out = 0;  // positions whose window start..end fits the padded input
+            while (brute_out * s + d * (k - 1) <= in + 2 * p - 1) ++brute_out;
+            CHECK((out > 0 ? out : 0) == brute_out, "out in=%lld k=%lld s=%lld p=%lld d=%lld", (long long)in, (long long)k,
+                  (long long)s, (long long)p, (long long)d);
+            if (out < 1) continue;
+            const core::TapRange inner = core::interior_range(out, k, s, p, d, in);
+            for (int64_t q = 0; q < out; ++q) {
+              int64_t t0 = -1, t1 = -1, count = 0;
+              for (int64_t t = 0; t < k; ++t) {
+                const int64_t i = q * s - p + t * d;
+                if (i >= 0 && i < in) {
+                  if (t0 < 0) t0 = t;
+                  t1 = t + 1;
+                  ++count;
+                }
+              }
+              const core::TapRange r = core::tap_range(q, k, s, p, d, in);
+              CHECK(r.t1 - r.t0 == count, "tap count");
+              if (count) CHECK(r.t0 == t0 && r.t1 == t1, "tap range");
+              CHECK((q >= inner.t0 && q < inner.t1) == (count == k), "interior q=%lld", (long long)q);
+            }
+          }
+}
+
+// Naive conv on packed operands: unpack to +-1 and sum in-frame taps.
+static std::vector<float> naive_conv(const std::vector<uint64_t>& x, const std::vector<uint64_t>& w,
+                                     const std::vector<float>* scale, const cpu::ConvProblem& P) {
+  std::vector<float> out(P.N * P.O * P.Ho * P.Wo);
+  auto bit = [](const uint64_t* row, int64_t c) { return int((row[c / 64] >> (c % 64)) & 1); };
+  for (int64_t n = 0; n < P.N; ++n)
+    for (int64_t o = 0; o < P.O; ++o)
+      for (int64_t ho = 0; ho < P.Ho; ++ho)
+        for (int64_t wo = 0; wo < P.Wo; ++wo) {
+          int64_t acc = 0;
+          for (int64_t i = 0; i < P.kh; ++i)
+            for (int64_t j = 0; j < P.kw; ++j) {
+              const int64_t hi = ho * P.sh - P.ph + i * P.dh, wi = wo * P.sw - P.pw + j * P.dw;
+              if (hi < 0 || hi >= P.H || wi < 0 || wi >= P.W) continue;
+              const uint64_t* xr = x.data() + ((n * P.H + hi) * P.W + wi) * P.words;
+              const uint64_t* wr = w.data() + ((o * P.kh + i) * P.kw + j) * P.words;
+              for (int64_t c = 0; c < P.C; ++c) acc += (1 - 2 * bit(xr, c)) * (1 - 2 * bit(wr, c));
+            }
+          const float y = float(acc);
+          out[((n * P.O + o) * P.Ho + ho) * P.Wo + wo] = scale ? y * (*scale)[o] : y;
+        }
+  return out;
+}
+
+static std::vector<uint64_t> random_bits(int64_t rows, int64_t channels) {
+  const int64_t words = core::num_words(channels);
+  std::vector<uint64_t> v(rows * words);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t w = 0; w < words; ++w) v[r * words + w] = rng() & (w == words - 1 ? core::tail_mask(channels) : ~0ull);
+  return v;
+}
+
+static void test_level(const char* name) {
+  const cpu::LevelKernels* k = cpu::level_kernels(name);
+  CHECK(k != nullptr, "level %s", name);
+  if (!k) return;
+  // sign masks of every dtype against the scalar test
+  for (int n = 1; n <= 64; ++n) {
+    std::vector<float> f(n);
+    std::vector<double> d(n);
+    std::vector<uint16_t> h(n), bh(n);
+    for (int i = 0; i < n; ++i) {
+      f[i] = rand_value();
+      d[i] = double(f[i]) * (i % 2 ? 1e300 : 1.0);
+      h[i] = uint16_t(rng());
+      bh[i] = uint16_t(rng());
+    }
+    CHECK(k->neg_mask_f32(f.data(), n) == core::pack_word_strided(f.data(), 1, n), "%s f32 n=%d", name, n);
+    CHECK(k->neg_mask_f64(d.data(), n) == core::pack_word_strided(d.data(), 1, n), "%s f64 n=%d", name, n);
+    CHECK(k->neg_mask_f16(h.data(), n) == core::pack_word_strided<core::F16Bits>(h.data(), 1, n), "%s f16 n=%d", name, n);
+    CHECK(k->neg_mask_bf16(bh.data(), n) == core::pack_word_strided<core::BF16Bits>(bh.data(), 1, n), "%s bf16 n=%d", name, n);
+  }
+  // convolutions (a linear layer is the 1x1 case with H = W = 1)
+  struct Case { int64_t N, C, H, W, O, kh, kw, s, p, d; };
+  const Case cases[] = {
+      {1, 1, 5, 6, 3, 3, 3, 1, 1, 1},  {2, 63, 7, 5, 9, 3, 3, 2, 1, 1},  {1, 64, 6, 6, 16, 3, 3, 1, 1, 1},
+      {2, 65, 8, 9, 7, 5, 5, 1, 2, 1}, {1, 127, 9, 7, 17, 7, 7, 2, 3, 1}, {1, 200, 9, 9, 5, 3, 3, 1, 2, 2},
+      {3, 130, 4, 5, 11, 1, 1, 1, 0, 1}, {2, 70, 9, 8, 8, 1, 1, 2, 0, 1}, {1, 64, 5, 5, 3, 3, 3, 1, 3, 1},
+      {5, 1000, 1, 1, 21, 1, 1, 1, 0, 1}, {1, 2000, 3, 3, 9, 3, 3, 1, 1, 1}, {2, 20, 6, 11, 5, 3, 1, 1, 0, 2},
+  };
+  for (const Case& c : cases) {
+    cpu::ConvProblem P;
+    P.N = c.N, P.C = c.C, P.H = c.H, P.W = c.W, P.words = core::num_words(c.C);
+    P.O = c.O, P.kh = c.kh, P.kw = c.kw, P.sh = P.sw = c.s, P.ph = P.pw = c.p, P.dh = P.dw = c.d;
+    P.Ho = core::conv_out_size(c.H, c.kh, c.s, c.p, c.d);
+    P.Wo = core::conv_out_size(c.W, c.kw, c.s, c.p, c.d);
+    const std::vector<uint64_t> x = random_bits(c.N * c.H * c.W, c.C);
+    const std::vector<uint64_t> w = random_bits(c.O * c.kh * c.kw, c.C);
+    const int64_t L = c.kh * c.kw * P.words, npan = (c.O + k->nr - 1) / k->nr;
+    std::vector<uint64_t> panels(npan * L * k->nr * k->split);
+    std::vector<int64_t> wrect(npan * k->nr * (c.kh + 1) * (c.kw + 1));
+    cpu::pack_weight_panels(w.data(), c.O, c.kh, c.kw, P.words, k->nr, k->split, 0, npan, panels.data(), wrect.data());
+    std::vector<float> scale(npan * k->nr, 0.0f), ones(npan * k->nr, 1.0f);
+    for (int64_t o = 0; o < c.O; ++o) scale[o] = std::ldexp(1.0f, int(rng() % 7) - 3);
+    P.x = x.data(), P.wpanel = panels.data(), P.wrect = wrect.data(), P.ones = ones.data();
+    const int64_t M = P.N * P.Ho * P.Wo;
+    for (int scaled = 0; scaled < 2; ++scaled) {
+      std::vector<float> out(M * c.O, NAN);
+      P.scale = scaled ? scale.data() : nullptr;
+      P.out = out.data();
+      // uneven blocks and panel groups, as the threaded driver may cut them
+      const int64_t mb = 5;
+      std::vector<uint64_t> scratch(cpu::conv_scratch_words(P, mb));
+      for (int64_t m0 = 0; m0 < M; m0 += mb)
+        for (int64_t p0 = 0; p0 < npan; p0 += 2)
+          k->conv_block(P, m0, m0 + mb < M ? m0 + mb : M, p0, p0 + 2 < npan ? p0 + 2 : npan, scratch.data());
+      const std::vector<float> want = naive_conv(x, w, scaled ? &scale : nullptr, P);
+      int bad = 0;
+      for (size_t i = 0; i < out.size(); ++i) bad += std::memcmp(&out[i], &want[i], sizeof(float)) != 0;
+      CHECK(bad == 0, "%s conv N=%lld C=%lld %lldx%lld O=%lld k=%lldx%lld s=%lld p=%lld d=%lld scaled=%d: %d wrong",
+            name, (long long)c.N, (long long)c.C, (long long)c.H, (long long)c.W, (long long)c.O, (long long)c.kh,
+            (long long)c.kw, (long long)c.s, (long long)c.p, (long long)c.d, scaled, bad);
+    }
+  }
+  uint64_t sink = 0;
+  CHECK(k->peak_probe(16, 10, &sink) == 10 * 16 * k->mr * k->nr, "%s peak probe count", name);
+}
+
+int main() {
+  test_popcount_and_dot();
+  test_transpose();
+  test_geometry();
+  const char* names[8];
+  const int n = cpu::supported_levels(names, 8);
+  CHECK(n >= 1 && std::strcmp(names[n - 1], "scalar") == 0, "scalar level always supported");
+  for (int i = 0; i < n && i < 8; ++i) {
+    std::printf("testing SIMD level %s\n", names[i]);
+    test_level(names[i]);
+  }
+  CHECK(cpu::level_kernels("sse9") == nullptr && !cpu::is_known_level("sse9"), "unknown level");
+  if (g_failures) {
+    std::printf("%d check(s) failed\n", g_failures);
+    return 1;
+  }
+  std::printf("all core checks passed\n");
+  return 0;
+}

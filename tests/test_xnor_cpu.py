@@ -1,0 +1,293 @@
+"""CPU bit packing and XNOR-popcount conv / linear kernels (csrc/cpu/xnor_cpu.cpp),
+against the reference (irnet.reference), bit for bit, on every SIMD level this CPU runs."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import irnet
+from irnet import ops
+from irnet import reference as ref
+
+COMPILED = ops.has_compiled_kernel("xnor_conv2d", "cpu")
+needs_kernels = pytest.mark.skipif(not COMPILED, reason="compiled CPU XNOR kernels not built")
+LEVELS = ops.cpu_simd_levels() if COMPILED else ["reference"]
+
+
+@pytest.fixture(params=LEVELS)
+def level(request):
+    before = ops.cpu_simd_level()
+    ops.set_cpu_simd_level(request.param)
+    assert ops.cpu_simd_level() == request.param
+    yield request.param
+    ops.set_cpu_simd_level(before)
+
+
+def rand_pm(*shape, dtype=torch.float32):
+    """Random values with both signs, a sprinkling of exact zeros."""
+    x = torch.randn(*shape, dtype=torch.float32)
+    x[torch.rand(*shape) < 0.05] = 0.0
+    return x.to(dtype)
+
+
+def pow2_scale(o, zero=False):
+    s = torch.pow(2.0, torch.randint(-4, 4, (o,)).float())
+    if zero and o > 1:
+        s[torch.randint(0, o, (max(1, o // 3),))] = 0.0
+    return s
+
+
+# (N, C, H, W, O, (kh, kw), stride, padding, dilation)
+CONV_CASES = [
+    (1, 1, 5, 6, 3, (3, 3), (1, 1), (1, 1), (1, 1)),
+    (3, 3, 7, 5, 4, (3, 3), (2, 2), (1, 1), (1, 1)),
+    (1, 63, 9, 8, 5, (1, 1), (1, 1), (0, 0), (1, 1)),
+    (0, 64, 6, 6, 8, (3, 3), (1, 1), (1, 1), (1, 1)),
+    (3, 65, 8, 9, 9, (5, 5), (1, 1), (2, 2), (1, 1)),
+    (1, 127, 10, 7, 17, (7, 7), (2, 2), (3, 3), (1, 1)),
+    (2, 200, 9, 9, 6, (3, 3), (1, 1), (2, 2), (2, 2)),
+    (1, 256, 7, 7, 16, (3, 3), (1, 1), (1, 1), (1, 1)),
+    (1, 300, 6, 5, 11, (3, 3), (2, 2), (0, 0), (2, 2)),
+    (2, 64, 12, 10, 8, (1, 1), (2, 2), (0, 0), (1, 1)),
+    (3, 130, 5, 5, 7, (1, 1), (1, 1), (0, 0), (1, 1)),
+    (1, 64, 5, 5, 3, (3, 3), (1, 1), (3, 3), (1, 1)),  # corners: every tap in the padding
+    (2, 20, 6, 11, 5, (3, 1), (1, 2), (1, 0), (2, 1)),  # non-square everything
+    (1, 96, 4, 13, 1, (2, 5), (2, 1), (1, 2), (1, 2)),
+    (3, 512, 3, 3, 24, (3, 3), (1, 1), (1, 1), (1, 1)),
+]
+
+
+def case_id(c):
+    return "n{}c{}_{}x{}_o{}_k{}x{}_s{}_p{}_d{}".format(c[0], c[1], c[2], c[3], c[4], *c[5], c[6][0], c[7][0], c[8][0])
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", CONV_CASES, ids=[case_id(c) for c in CONV_CASES])
+def test_xnor_conv2d_matches_reference(level, case):
+    n, c, h, w, o, k, s, p, d = case
+    x, wt = rand_pm(n, c, h, w), rand_pm(o, c, *k)
+    xb, wb = ref.pack_bits(x), ref.pack_bits(wt)
+    for scale in (None, pow2_scale(o), pow2_scale(o, zero=True), torch.rand(o) * 3):
+        got = torch.ops.irnet.xnor_conv2d(xb, wb, scale, c, list(s), list(p), list(d))
+        want = ref.xnor_conv2d_bits(xb, wb, scale, c, s, p, d)
+        assert got.dtype == torch.float32 and got.is_contiguous()
+        assert torch.equal(got, want), f"level={level} case={case} scale={scale}"
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", CONV_CASES[::2], ids=[case_id(c) for c in CONV_CASES[::2]])
+def test_xnor_conv2d_float_api_equals_fconv(level, case):
+    n, c, h, w, o, k, s, p, d = case
+    x, wt = rand_pm(n, c, h, w), rand_pm(o, c, *k)
+    want = F.conv2d(ref.sign(x), ref.sign(wt), None, s, p, d)
+    assert torch.equal(ops.xnor_conv2d(x, wt, s, p, d), want)
+    assert torch.equal(ops.xnor_conv2d(x, ops.pack_conv_weight(wt), s, p, d), want)
+    scale = pow2_scale(o, zero=True)
+    want_s = F.conv2d(ref.sign(x), ref.sign(wt) * scale[:, None, None, None], None, s, p, d)
+    assert torch.equal(ops.xnor_conv2d(x, ops.pack_conv_weight(wt, scale), s, p, d), want_s)
+
+
+@needs_kernels
+@pytest.mark.parametrize("n,f,o", [(0, 64, 5), (1, 1, 1), (3, 63, 7), (5, 65, 9), (4, 200, 17), (33, 1000, 40), (2, 4096, 3)])
+def test_xnor_linear_matches_reference(level, n, f, o):
+    x, wt = rand_pm(n, f), rand_pm(o, f)
+    xb, wb = ref.pack_bits(x), ref.pack_bits(wt)
+    for scale in (None, pow2_scale(o, zero=True), torch.randn(o)):
+        got = torch.ops.irnet.xnor_linear(xb, wb, scale, f)
+        assert torch.equal(got, ref.xnor_linear_bits(xb, wb, scale, f)), f"level={level} n={n} f={f} o={o}"
+    assert torch.equal(ops.xnor_linear(x, wt), F.linear(ref.sign(x), ref.sign(wt)))
+    s = pow2_scale(o)
+    assert torch.equal(ops.xnor_linear(x, ops.pack_linear_weight(wt, s)), F.linear(ref.sign(x), ref.sign(wt) * s[:, None]))
+
+
+PACK_SHAPES = [(2, 1), (3, 64), (2, 65, 5), (2, 3, 4, 5), (1, 130, 7, 3), (2, 64, 3, 9), (2, 70, 2, 3, 4), (1, 200, 9, 9)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", PACK_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_pack_bits_matches_reference(level, dtype, shape):
+    x = rand_pm(*shape, dtype=dtype)
+    flat = x.view(-1)
+    if flat.numel() >= 8:  # the values that the sign test must get right
+        idx = torch.randperm(flat.numel())[:8]
+        flat[idx] = torch.tensor([-0.0, float("nan"), -float("nan"), float("inf"), -float("inf"), 0.0, -1e-30, 1e-30],
+                                 dtype=torch.float32).to(dtype)
+    want = ref.pack_bits(x)
+    got = torch.ops.irnet.pack_bits(x)
+    assert got.dtype == torch.int64 and got.is_contiguous()
+    assert torch.equal(got, want), f"level={level} shape={shape} dtype={dtype}"
+    # channels innermost (channels_last) and non-contiguous views of the same values
+    cl = x.movedim(1, -1).contiguous().movedim(-1, 1)
+    assert cl.stride(1) == 1 or cl.shape[1] == 1
+    assert torch.equal(torch.ops.irnet.pack_bits(cl), want)
+    if x.dim() == 4:
+        assert torch.equal(torch.ops.irnet.pack_bits(x.contiguous(memory_format=torch.channels_last)), want)
+    big = rand_pm(shape[0] + 1, shape[1] + 3, *[s * 2 for s in shape[2:]], dtype=dtype)
+    sl = big[1:, 2:-1, *[slice(None, None, 2)] * (len(shape) - 2)]
+    assert sl.shape == x.shape
+    assert torch.equal(torch.ops.irnet.pack_bits(sl), ref.pack_bits(sl))
+    sl_cl = big.movedim(1, -1).contiguous().movedim(-1, 1)[1:, 2:-1, *[slice(None, None, 2)] * (len(shape) - 2)]
+    assert torch.equal(torch.ops.irnet.pack_bits(sl_cl), ref.pack_bits(sl_cl))
+
+
+@needs_kernels
+def test_pack_bits_empty_and_large_rows(level):
+    assert torch.ops.irnet.pack_bits(torch.randn(0, 5, 3, 3)).shape == (0, 3, 3, 1)
+    assert torch.ops.irnet.pack_bits(torch.randn(2, 5, 0, 3)).shape == (2, 0, 3, 1)
+    x = rand_pm(3, 1000, 70)  # many 64-pixel blocks, tail block and tail word
+    assert torch.equal(torch.ops.irnet.pack_bits(x), ref.pack_bits(x))
+
+
+@needs_kernels
+def test_stray_tail_bits_are_ignored_like_the_reference(level):
+    c = 70
+    x, wt = rand_pm(2, c, 5, 5), rand_pm(4, c, 3, 3)
+    xb, wb = ref.pack_bits(x), ref.pack_bits(wt)
+    junk = torch.tensor(-(1 << 40), dtype=torch.int64)  # bits 40..63 of the last word
+    xb2, wb2 = xb.clone(), wb.clone()
+    xb2[..., -1] |= junk
+    wb2[..., -1] |= junk
+    want = ref.xnor_conv2d_bits(xb2, wb2, None, c, (1, 1), (1, 1), (1, 1))
+    assert torch.equal(torch.ops.irnet.xnor_conv2d(xb2, wb2, None, c, [1, 1], [1, 1], [1, 1]), want)
+    xl, wl = ref.pack_bits(rand_pm(3, c)), ref.pack_bits(rand_pm(5, c))
+    xl2 = xl.clone()
+    xl2[:, -1] |= junk
+    # (reference.xnor_linear_bits would count stray bits; the kernels read only the
+    # in_features real bits, as reference.xnor_conv2d_bits does)
+    assert torch.equal(torch.ops.irnet.xnor_linear(xl2, wl, None, c), ref.xnor_linear_bits(xl, wl, None, c))
+
+
+@needs_kernels
+def test_non_contiguous_packed_inputs_and_threads(level):
+    c = 130
+    x, wt = rand_pm(2, c, 9, 8), rand_pm(10, c, 3, 3)
+    xb = ref.pack_bits(x)
+    wb = ref.pack_bits(wt)
+    xb_nc = xb.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)  # same values, other strides
+    assert not xb_nc.is_contiguous()
+    want = ref.xnor_conv2d_bits(xb, wb, None, c, (1, 1), (1, 1), (1, 1))
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            assert torch.equal(torch.ops.irnet.xnor_conv2d(xb_nc, wb, None, c, [1, 1], [1, 1], [1, 1]), want)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_kernels
+def test_weight_changed_in_place_between_calls(level):
+    """The kernels keep re-laid weights between calls; a weight changed in place (by a
+    torch op or behind torch's back through numpy) must give the new result."""
+    c = 70
+    xb = ref.pack_bits(rand_pm(1, c, 6, 6))
+    wb = ref.pack_bits(rand_pm(9, c, 3, 3))
+    args = (c, [1, 1], [1, 1], [1, 1])
+    for change in ("torch", "numpy"):
+        first = torch.ops.irnet.xnor_conv2d(xb, wb, None, *args)
+        assert torch.equal(first, ref.xnor_conv2d_bits(xb, wb, None, c, (1, 1), (1, 1), (1, 1)))
+        if change == "torch":
+            wb[2:5] ^= 1  # flips channel 0 of some taps
+        else:
+            wb.numpy()[0, 0, 0, 0] ^= 3
+        again = torch.ops.irnet.xnor_conv2d(xb, wb, None, *args)
+        assert torch.equal(again, ref.xnor_conv2d_bits(xb, wb, None, c, (1, 1), (1, 1), (1, 1)))
+        assert not torch.equal(again, first)
+
+
+@needs_kernels
+def test_opcheck():
+    x = rand_pm(2, 70, 5, 4)
+    torch.library.opcheck(torch.ops.irnet.pack_bits.default, (x,))
+    xb, wb = ref.pack_bits(x), ref.pack_bits(rand_pm(6, 70, 3, 3))
+    torch.library.opcheck(torch.ops.irnet.xnor_conv2d.default, (xb, wb, pow2_scale(6), 70, [1, 1], [1, 1], [1, 1]))
+    torch.library.opcheck(torch.ops.irnet.xnor_conv2d.default, (xb, wb, None, 70, [2, 1], [0, 2], [1, 2]))
+    xl, wl = ref.pack_bits(rand_pm(3, 100)), ref.pack_bits(rand_pm(7, 100))
+    torch.library.opcheck(torch.ops.irnet.xnor_linear.default, (xl, wl, pow2_scale(7), 100))
+    torch.library.opcheck(torch.ops.irnet.xnor_linear.default, (xl, wl, None, 100))
+
+
+@needs_kernels
+def test_bad_inputs_raise_useful_errors():
+    conv = torch.ops.irnet.xnor_conv2d
+    xb = ref.pack_bits(rand_pm(1, 70, 5, 5))
+    wb = ref.pack_bits(rand_pm(3, 70, 3, 3))
+    one = [1, 1]
+    with pytest.raises(RuntimeError, match="int64"):
+        conv(xb.float(), wb, None, 70, one, one, one)
+    with pytest.raises(RuntimeError, match="rank 4"):
+        conv(xb[0], wb, None, 70, one, one, one)
+    with pytest.raises(RuntimeError, match="words per pixel"):
+        conv(xb, wb, None, 200, one, one, one)
+    with pytest.raises(RuntimeError, match="words per tap"):
+        conv(xb, ref.pack_bits(rand_pm(3, 10, 3, 3)), None, 70, one, one, one)
+    with pytest.raises(RuntimeError, match="in_channels >= 1"):
+        conv(xb, wb, None, 0, one, one, one)
+    with pytest.raises(RuntimeError, match="scale of shape"):
+        conv(xb, wb, torch.ones(4), 70, one, one, one)
+    with pytest.raises(RuntimeError, match="floating-point scale"):
+        conv(xb, wb, torch.ones(3, dtype=torch.int64), 70, one, one, one)
+    with pytest.raises(RuntimeError, match="output of at least"):
+        conv(xb, ref.pack_bits(rand_pm(3, 70, 7, 7)), None, 70, one, [0, 0], one)
+    with pytest.raises(RuntimeError, match="stride >= 1"):
+        conv(xb, wb, None, 70, [0, 1], one, one)
+    lin = torch.ops.irnet.xnor_linear
+    xl, wl = ref.pack_bits(rand_pm(2, 100)), ref.pack_bits(rand_pm(3, 100))
+    with pytest.raises(RuntimeError, match="int64"):
+        lin(xl.double(), wl, None, 100)
+    with pytest.raises(RuntimeError, match="rank 2"):
+        lin(xl[None], wl, None, 100)
+    with pytest.raises(RuntimeError, match="words per row"):
+        lin(xl, wl, None, 300)
+    with pytest.raises(RuntimeError, match="scale of shape"):
+        lin(xl, wl, torch.ones(2), 100)
+    with pytest.raises(RuntimeError, match="float32, float64, float16 or bfloat16"):
+        torch.ops.irnet.pack_bits(torch.ones(2, 3, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="rank >= 2"):
+        torch.ops.irnet.pack_bits(torch.ones(5))
+    with pytest.raises(ValueError, match="channels"):
+        ops.xnor_conv2d(rand_pm(1, 5, 4, 4), rand_pm(2, 6, 3, 3))
+    with pytest.raises(RuntimeError, match="unknown level"):
+        ops.set_cpu_simd_level("sse9")
+    if "avx512" not in LEVELS:
+        with pytest.raises(RuntimeError, match="lacks"):
+            ops.set_cpu_simd_level("avx512")
+
+
+def _level_in_subprocess(env_value):
+    env = dict(os.environ, IRNET_SIMD=env_value)
+    code = "import irnet, warnings; print(irnet.ops.cpu_simd_level())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1], out.stderr
+
+
+@needs_kernels
+def test_irnet_simd_env_var():
+    level, _ = _level_in_subprocess("scalar")
+    assert level == "scalar"
+    level, err = _level_in_subprocess("bogus")
+    assert level == LEVELS[0] and "IRNET_SIMD=bogus" in err
+
+
+@needs_kernels
+def test_levels_and_peak_probe():
+    assert LEVELS[-1] == "scalar" and ops.cpu_simd_level() in LEVELS
+    assert torch.ops.irnet.cpu_popcount_peak_bench(8, 1000) > 0
+    with pytest.raises(RuntimeError, match="words <= 256"):
+        torch.ops.irnet.cpu_popcount_peak_bench(1000, 1)
+
+
+def test_python_level_api_without_kernels_is_graceful():
+    assert isinstance(ops.cpu_simd_level(), str)
+    assert isinstance(ops.cpu_simd_levels(), list) and ops.cpu_simd_levels()
+
+
+# Large tensors: the kernels index with int64_t throughout (csrc/cpu/xnor_cpu.cpp,
+# csrc/cpu/xnor_level_impl.inc, csrc/core/*.h).  A tensor whose *index* passes 2^31
+# needs >= 8 GiB of float32 here (or a 2^31-word packed output, 16 GiB), more than
+# the CI machines hold, so no test allocates one; offsets are computed in int64_t.
