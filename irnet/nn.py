@@ -20,6 +20,12 @@ _T0 = 0.1
 _K0 = 10.0
 
 
+def _autocast_on(x: torch.Tensor) -> bool:
+    """Under autocast, activations may be bf16/fp16 while the weight stays fp32 (F.conv2d
+    casts both; sign and Libra-PB values are exact in either)."""
+    return torch.is_autocast_enabled(x.device.type)
+
+
 class BinaryLayer:
     """Mixin of every IR-Net binary layer: k/t buffers and the binarizers."""
 
@@ -50,7 +56,7 @@ class BinaryLayer:
             raise ValueError(f"{type(self).__name__}: expected {channels} input {what}, got {x.shape[1]} (input shape {tuple(x.shape)})")
         if not x.is_floating_point():
             raise TypeError(f"{type(self).__name__}: expected a floating-point input, got {x.dtype}")
-        if x.dtype != self.weight.dtype or x.device != self.weight.device:
+        if x.device != self.weight.device or (x.dtype != self.weight.dtype and not _autocast_on(x)):
             raise TypeError(f"{type(self).__name__}: input is {x.dtype} on {x.device} but the layer is "
                             f"{self.weight.dtype} on {self.weight.device}")
 

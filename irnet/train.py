@@ -484,14 +484,6 @@ def build_model(recipe: Recipe, num_classes: int, in_channels: int, image_size: 
     return models.create(recipe.model, num_classes=num_classes, **kw)
 
 
-def _cast_input_to_weight(layer, inputs):
-    # Under autocast the activations reaching a binary layer are bf16/fp16 while its weight
-    # stays fp32, and IRConv2d/IRLinear refuse mixed dtypes; the conv itself still runs in
-    # the autocast dtype (F.conv2d casts both), only sign()/Libra-PB see fp32.
-    x = inputs[0]
-    return (x.to(layer.weight.dtype),) + tuple(inputs[1:]) if x.dtype != layer.weight.dtype else None
-
-
 # --------------------------------------------------------------------------- checkpoint state
 def _rng_state(device: torch.device) -> dict:
     np_state = np.random.get_state()
@@ -712,9 +704,6 @@ def train(args) -> dict:
         model = model.to(memory_format=torch.channels_last)
     if args.sync_bn and d.enabled:
         model = convert_sync_bn(model, d.device)
-    if args.amp:
-        for layer in binary_layers(model):
-            layer.register_forward_pre_hook(_cast_input_to_weight)
     net = model
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
