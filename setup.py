@@ -83,6 +83,11 @@ def _extensions():
     else:
         ext_cls = cpp_extension.CppExtension
 
+    # at::parallel_for is a header template: without OpenMP in *this* library it runs serially.
+    link_args = []
+    if sys.platform.startswith("linux"):
+        cxx_flags.append("-fopenmp")
+        link_args.append("-fopenmp")
     extra = {"cxx": cxx_flags}
     if use_cuda:
         extra["nvcc"] = nvcc_flags
@@ -92,6 +97,7 @@ def _extensions():
         include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args=extra,
+        extra_link_args=link_args,
         py_limited_api=False,
     )
     print("irnet: building the extension with CUDA %s (%d sources)" % ("ON" if use_cuda else "OFF", len(sources)))

@@ -183,9 +183,12 @@ def _check_finite(name: str, x: torch.Tensor):
 
 
 def _ede_params(k, t, like: torch.Tensor):
-    k = k if isinstance(k, torch.Tensor) else torch.tensor(float(k))
-    t = t if isinstance(t, torch.Tensor) else torch.tensor(float(t))
-    return k.detach().to(device=like.device, dtype=like.dtype), t.detach().to(device=like.device, dtype=like.dtype)
+    def param(v):
+        if isinstance(v, torch.Tensor):
+            return v.detach().to(device=like.device, dtype=like.dtype)
+        return torch.tensor(float(v), device=like.device, dtype=like.dtype)
+
+    return param(k), param(t)
 
 
 def _pair(v, name):
@@ -316,3 +319,33 @@ def xnor_linear(x: torch.Tensor, w) -> torch.Tensor:
     if x.shape[1] != pw.in_channels:
         raise ValueError(f"irnet: x has {x.shape[1]} features but the weight expects {pw.in_channels} (weight shape {tuple(pw.shape)})")
     return torch.ops.irnet.xnor_linear(torch.ops.irnet.pack_bits(x), pw.bits, pw.scale, pw.in_channels)
+
+
+# --------------------------------------------------------------------------- CPU SIMD level
+# The CPU XNOR kernels (csrc/cpu/xnor_cpu.cpp) pick a SIMD level at load time (the best
+# the CPU supports, or IRNET_SIMD=scalar|avx2|avx512); these functions read or change it.
+def _has_simd_ops() -> bool:
+    return _ext.LOADED and hasattr(torch.ops.irnet, "cpu_simd_level")
+
+
+def cpu_simd_level() -> str:
+    """The SIMD level the CPU XNOR kernels use now ('avx512', 'avx2', 'scalar'), or
+    'reference' when the compiled CPU kernels are not available."""
+    return torch.ops.irnet.cpu_simd_level() if _has_simd_ops() else "reference"
+
+
+def cpu_simd_levels() -> list:
+    """The SIMD levels this CPU (and build) can run, best first; ['reference'] without the extension."""
+    return list(torch.ops.irnet.cpu_simd_levels()) if _has_simd_ops() else ["reference"]
+
+
+def set_cpu_simd_level(level: str) -> None:
+    """Make the CPU XNOR kernels use ``level`` (one of :func:`cpu_simd_levels`).  Raises
+    RuntimeError for a level this CPU cannot run; a no-op on the reference path."""
+    if _has_simd_ops():
+        torch.ops.irnet.set_cpu_simd_level(str(level))
+    elif level != "reference":
+        import warnings
+
+        warnings.warn(f"irnet: the compiled CPU kernels are not loaded; set_cpu_simd_level({level!r}) does nothing",
+                      RuntimeWarning, stacklevel=2)
