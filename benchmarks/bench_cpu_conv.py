@@ -15,7 +15,9 @@ the weight bits each call, so xnor and packed time a deployed layer's steady sta
   * float32     torch.nn.functional.conv2d, same input, same thread count;
   * reference   irnet.reference.xnor_conv2d_bits (small layers only: it is slow).
 Timings are medians over repeats taken round-robin (one of each method per round, so
-that load from other processes hits all methods alike), after warmup.
+that load from other processes hits all methods alike), after warmup; the targets use
+the medians, and the same figures from each method's fastest repeat are reported too
+(the machine is shared: other processes can only slow a repeat down).
 
 Binary MAC/s counts C_in*kh*kw*C_out*Ho*Wo*N multiply-accumulates of +-1 values.  The
 binary peak is measured in the same run by torch.ops.irnet.cpu_popcount_peak_bench:
@@ -61,7 +63,7 @@ def cpu_name():
     return platform.processor() or "unknown"
 
 
-def time_round_robin(fns: dict, repeats: int, warmup: int = 2) -> dict:
+def time_round_robin(fns: dict, repeats: int, warmup: int = 2, best: dict | None = None) -> dict:
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -71,6 +73,8 @@ def time_round_robin(fns: dict, repeats: int, warmup: int = 2) -> dict:
             t0 = time.perf_counter()
             fn()
             samples[k].append(time.perf_counter() - t0)
+    if best is not None:  # also the fastest repeat of each method (load can only slow one down)
+        best.update({k: min(v) for k, v in samples.items()})
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -103,9 +107,10 @@ def main(argv=None):
     repeats = args.repeats or (5 if args.quick else 15)
     batches = [1] if args.quick else [1, 16]
 
+    load_start = os.getloadavg()[0]
     peak_start = measure_peak()
     print(f"irnet CPU XNOR conv benchmark: {cpu_name()}, {args.threads} threads, SIMD level {level}, "
-          f"torch {torch.__version__}, load average {os.getloadavg()[0]:.2f}")
+          f"torch {torch.__version__}, load average {load_start:.2f}")
     print(f"binary peak at start (register tile, L1-resident, all threads): {peak_start / 1e9:.0f} GMAC/s\n")
     peak = peak_start  # refined at the end: the best of both probes
     hdr = (f"{'layer':<22}{'float32':>10}{'xnor':>10}{'+wpack':>10}{'packed':>10}{'ref':>10}"
@@ -130,10 +135,13 @@ def main(argv=None):
             macs = batch * c * c * 9 * hw * hw
             if macs <= REFERENCE_MAX_MACS:
                 fns["reference"] = lambda: ref.xnor_conv2d_bits(xb, pw.bits, None, c, (1, 1), (1, 1), (1, 1))
-            t = time_round_robin(fns, repeats if macs > 1e6 else 3 * repeats)
+            tmin = {}
+            t = time_round_robin(fns, repeats if macs > 1e6 else 3 * repeats, best=tmin)
             row = {
                 "net": net, "channels": c, "size": hw, "batch": batch, "macs": macs,
                 "time_s": t,
+                "time_min_s": tmin,
+                "speedup_xnor_min": tmin["float32"] / tmin["xnor"],
                 "binary_gmacs_packed": macs / t["packed"] / 1e9,
                 "binary_gmacs_xnor": macs / t["xnor"] / 1e9,
                 "fraction_of_peak": macs / t["packed"] / peak,
@@ -173,10 +181,17 @@ def main(argv=None):
           f"packed-input path geomean {gp:.1f}x")
     print(f"256/512-channel layers: min {deep_frac * 100:.0f}% of the binary peak (target >= 40%: "
           f"{'met' if deep_frac >= 0.4 else 'NOT met'})")
+    # the same from each method's fastest repeat: less sensitive to other processes on a
+    # shared machine (the targets above use the medians)
+    g_min = geomean([r["speedup_xnor_min"] for r in r18])
+    mn_min = min(r["speedup_xnor_min"] for r in r18)
+    deep_min = min(r["macs"] / r["time_min_s"]["packed"] / peak for r in deep)
+    print(f"from the fastest repeats: ResNet-18 geomean {g_min:.1f}x, min {mn_min:.1f}x; 256/512-channel layers "
+          f"min {deep_min * 100:.0f}% of the binary peak (load average now {os.getloadavg()[0]:.2f})")
 
     result = {
         "machine": {"cpu": cpu_name(), "threads": args.threads, "simd_level": level, "simd_levels": ops.cpu_simd_levels(),
-                    "torch": torch.__version__, "load_average_start": os.getloadavg()[0], "python": platform.python_version()},
+                    "torch": torch.__version__, "load_average_start": load_start, "python": platform.python_version()},
         "peak_binary_macs_per_s": peak,
         "peak_binary_macs_per_s_start_end": [peak_start, peak_end],
         "peak_method": "torch.ops.irnet.cpu_popcount_peak_bench(64, 20000): the SIMD level's register tile on "
@@ -184,6 +199,8 @@ def main(argv=None):
         "load_average_end": os.getloadavg()[0],
         "repeats": repeats, "quick": args.quick, "rows": rows, "targets": targets,
         "resnet18_geomean_speedup_packed": gp,
+        "from_fastest_repeats": {"geomean_speedup_resnet18": g_min, "min_speedup_resnet18": mn_min,
+                                 "min_fraction_of_peak_256_512": deep_min},
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:

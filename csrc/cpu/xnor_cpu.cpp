@@ -139,7 +139,8 @@ void pack_impl(const Tensor& x, Tensor& out, MaskFn<T> mask) {
     return;
   }
   const int64_t pblocks = (P + 63) / 64;
-  at::parallel_for(0, N * words * pblocks, 4, [&](int64_t b, int64_t e) {
+  // grain: 64 blocks (256K values) per thread at least; a parallel region costs a wake-up
+  at::parallel_for(0, N * words * pblocks, 64, [&](int64_t b, int64_t e) {
     alignas(64) uint64_t m[64];
     for (int64_t t = b; t < e; ++t) {
       const int64_t pb = t % pblocks, nw = t / pblocks;
@@ -300,8 +301,11 @@ WeightLayout weight_layout(const Tensor& w_bits, const ConvProblem& P, const Lev
   return built;
 }
 
-// Splits output pixels into blocks (the im2col block stays in L1) and, when there are
-// too few blocks for the threads, the output-channel panels into groups too.
+// Splits output pixels into blocks and, when there are too few blocks for the threads,
+// the output-channel panels into groups too.  The tiles read the activations in place:
+// from x itself (1x1, stride 1, no padding, unsplit level) or from one zero-padded
+// stored-form copy of x made here (RowsLayout); conv_block's im2col rows (P.xs unset)
+// are the fallback the C++ unit test also checks.
 void run_conv(ConvProblem& P, const Tensor& w_bits, const Tensor& scale) {
   const LevelKernels* k = current();
   TORCH_CHECK(P.C * P.kh * P.kw < (int64_t(1) << 31), "irnet::xnor_conv2d/xnor_linear: expected fewer than 2^31 terms ",
@@ -322,8 +326,32 @@ void run_conv(ConvProblem& P, const Tensor& w_bits, const Tensor& scale) {
   P.wpanel = reinterpret_cast<const uint64_t*>(lay.panels.const_data_ptr<int64_t>());
   P.wrect = lay.wrect.const_data_ptr<int64_t>();
 
+  // Direct path (everything but the 1x1 / linear case, whose rows are the input pixels
+  // already): the activations once as zero-padded stored-form rows, read in place by
+  // the tiles, instead of an im2col row per output pixel (see conv_block).
+  // (Not where the padding dwarfs the image and the output, e.g. a huge padding with a
+  // huge stride: there the im2col rows of the output pixels are the smaller copy.)
+  const bool in_place = P.kh == 1 && P.kw == 1 && P.sh == 1 && P.sw == 1 && P.ph == 0 && P.pw == 0 && k->split == 1;
+  const RowsLayout RL = rows_layout(P, k->split);
+  const bool padded_ok = RL.Hp * RL.Wp <= 4 * (P.H * P.W + P.Ho * P.Wo) + 1024;
+  Tensor xs_t;
+  std::vector<int64_t> xoff;
+  if (!in_place && padded_ok) {
+    xoff.resize(static_cast<size_t>(L));
+    rows_offsets(P, k->split, xoff.data());
+    xs_t = at::empty({RL.total}, w_bits.options());
+    uint64_t* xs = reinterpret_cast<uint64_t*>(xs_t.data_ptr<int64_t>());
+    // a cheap copy (a few words per input pixel): threads only for big inputs, since
+    // every parallel region costs a wake-up of all threads (a scheduler slice on a
+    // busy machine)
+    at::parallel_for(0, P.N * RL.Hp, std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, RL.row)),
+                     [&](int64_t b, int64_t e) { k->prep_rows(P, b, e, xs); });
+    P.xs = xs;
+    P.xoff = xoff.data();
+  }
   const int64_t M = P.N * P.Ho * P.Wo;
-  int64_t mb = std::clamp<int64_t>(16384 / (8 * L * k->split), 4 * k->mr, 256);  // ~16 KiB of patch rows
+  // im2col: ~16 KiB of patch rows per block; direct: no patch rows, fixed blocks
+  int64_t mb = P.xs ? 96 : std::clamp<int64_t>(16384 / (8 * L * k->split), 4 * k->mr, 256);
   mb = (mb + k->mr - 1) / k->mr * k->mr;
   const int64_t nbm = (M + mb - 1) / mb;
   const int64_t threads = at::get_num_threads();
@@ -332,9 +360,16 @@ void run_conv(ConvProblem& P, const Tensor& w_bits, const Tensor& scale) {
   const int64_t ppg = (npan + groups - 1) / groups;
   groups = (npan + ppg - 1) / ppg;
   const int64_t scratch_words = conv_scratch_words(P, mb);
-  at::parallel_for(0, nbm * groups, 1, [&](int64_t b, int64_t e) {
+  // Tasks are handed out one at a time from a shared counter rather than split
+  // statically: on a shared machine a thread that loses its core for a while then does
+  // fewer tasks instead of holding up the call.
+  const int64_t ntasks = nbm * groups;
+  const int64_t workers = std::min<int64_t>(threads, ntasks);
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     std::vector<uint64_t> scratch(static_cast<size_t>(scratch_words));
-    for (int64_t t = b; t < e; ++t) {
+    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < ntasks;
+         t = next.fetch_add(1, std::memory_order_relaxed)) {
       const int64_t bm = t / groups, g = t % groups;
       k->conv_block(P, bm * mb, std::min(M, bm * mb + mb), g * ppg, std::min(npan, g * ppg + ppg), scratch.data());
     }

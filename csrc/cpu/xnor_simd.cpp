@@ -201,7 +201,26 @@ struct Ops {
 // ============================================================================ table
 int64_t conv_scratch_words(const ConvProblem& P, int64_t rows) {
   const int64_t info_words = int64_t(sizeof(generic::RowInfo) / sizeof(uint64_t));
-  return rows * (info_words + 2 * P.kh * P.kw * P.words);  // up to 2 stored words per word
+  // RowInfo, a row pointer, and up to 2 stored words per word of the im2col row
+  return rows * (info_words + 1 + 2 * P.kh * P.kw * P.words);
+}
+
+RowsLayout rows_layout(const ConvProblem& P, int split) {
+  RowsLayout L;
+  L.Hp = P.H + 2 * P.ph;
+  L.Wp = P.W + 2 * P.pw;
+  L.pix = P.words * split;
+  L.row = L.Wp * L.pix;
+  L.total = P.N * L.Hp * L.row;
+  return L;
+}
+
+void rows_offsets(const ConvProblem& P, int split, int64_t* xoff) {
+  const RowsLayout L = rows_layout(P, split);
+  for (int64_t i = 0; i < P.kh; ++i)
+    for (int64_t j = 0; j < P.kw; ++j)
+      for (int64_t c = 0; c < P.words; ++c)
+        xoff[(i * P.kw + j) * P.words + c] = i * P.dh * L.row + j * P.dw * L.pix + c * split;
 }
 
 void pack_weight_panels(const uint64_t* w, int64_t O, int64_t kh, int64_t kw, int64_t words, int nr, int split,

@@ -34,6 +34,10 @@ struct ConvProblem {
   const float* scale = nullptr;  // (opad,) (zeros past O) or null
   const float* ones = nullptr;   // (opad,) of 1.0f, used where scale is null
   float* out = nullptr;
+  // Direct path (RowsLayout), when xs is set: conv_block reads the taps from xs at
+  // xoff instead of building im2col rows from x.
+  const uint64_t* xs = nullptr;
+  const int64_t* xoff = nullptr;
 };
 
 struct LevelKernels {
@@ -52,8 +56,23 @@ struct LevelKernels {
   // Throughput probe: runs the register tile over L1-resident operands `iters`
   // times with `k` words per dot; returns the number of word XOR-popcounts done.
   int64_t (*peak_probe)(int64_t k, int64_t iters, uint64_t* sink);
+  // Fills padded rows [r0, r1) (of N*Hp) of the direct path's activation copy xs
+  // (RowsLayout below).
+  void (*prep_rows)(const ConvProblem& P, int64_t r0, int64_t r1, uint64_t* xs);
 };
 
+// The direct path (no im2col): the activations once per call as zero-padded rows of
+// stored-form words, xs[n][hp][wp][words][split], hp = h + ph, wp = w + pw.  Output pixel
+// (n, ho, wo) then reads tap (i, j), word c at
+//   xs + (n*Hp + ho*sh)*row + wo*sw*pix + xoff[k],   k = (i*kw + j)*words + c,
+//   xoff[k] = i*dh*row + j*dw*pix + c*split,
+// a zero word where the tap is padding (as the im2col rows had).
+struct RowsLayout {
+  int64_t Hp, Wp, pix, row, total;  // padded sizes; strides in words of a pixel and a row; total words
+};
+RowsLayout rows_layout(const ConvProblem& P, int split);
+// xoff[k] for k < kh*kw*words (see RowsLayout).
+void rows_offsets(const ConvProblem& P, int split, int64_t* xoff);
 // Words of scratch conv_block needs for a block of `rows` output pixels.
 int64_t conv_scratch_words(const ConvProblem& P, int64_t rows);
 
