@@ -43,6 +43,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import irnet  # noqa: E402
 from irnet import ops, reference as ref  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import cpu_name  # noqa: E402
+
 # (network, channels, spatial size): every 3x3 stride-1 pad-1 C->C layer of the nets
 LAYERS = [
     ("resnet18", 64, 56), ("resnet18", 128, 28), ("resnet18", 256, 14), ("resnet18", 512, 7),
@@ -50,17 +53,6 @@ LAYERS = [
     ("vgg_small", 128, 32), ("vgg_small", 256, 16), ("vgg_small", 512, 8),
 ]
 REFERENCE_MAX_MACS = 60e6  # the reference runs only below this many MACs
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def time_round_robin(fns: dict, repeats: int, warmup: int = 2, best: dict | None = None) -> dict:

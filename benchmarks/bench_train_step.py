@@ -23,25 +23,9 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from machine import cpu_name, loadavg  # noqa: E402
 ROOT = os.path.dirname(HERE)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _loadavg():
-    try:
-        return list(os.getloadavg())
-    except OSError:
-        return None
 
 
 # --------------------------------------------------------------------------- worker
@@ -131,7 +115,7 @@ def main():
         print(json.dumps(worker(args)))
         return
 
-    load_start = _loadavg()
+    load_start = loadavg()
     samples = {"reference": [], "fused": []}
     for r in range(args.rounds):
         for mode in ("reference", "fused"):
@@ -154,10 +138,10 @@ def main():
     loss_ref, loss_fused = samples["reference"][0]["first_loss"], samples["fused"][0]["first_loss"]
 
     print()
-    print(f"{args.model}, batch {args.batch}, {args.threads} thread(s), {_cpu_name()} ({os.cpu_count()} logical CPUs)")
+    print(f"{args.model}, batch {args.batch}, {args.threads} thread(s), {cpu_name()} ({os.cpu_count()} logical CPUs)")
     print(f"median over {args.rounds} x {args.steps} steps after {args.warmup} warmup steps each; "
           f"1-min load average {load_start[0] if load_start else float('nan'):.2f} at start, "
-          f"{(_loadavg() or [float('nan')])[0]:.2f} at end")
+          f"{(loadavg() or [float('nan')])[0]:.2f} at end")
     print("(medians of wall-clock times per step and per part; 'cpu ms' is the median process CPU")
     print(" time of a step, all threads; 'best ms' the fastest step seen, the least disturbed by")
     print(" other load on the machine)")
@@ -176,13 +160,13 @@ def main():
         "benchmark": "train_step",
         "model": args.model, "batch": args.batch, "threads": args.threads, "steps_per_round": args.steps,
         "warmup": args.warmup, "rounds": args.rounds, "seed": args.seed,
-        "machine": {"cpu": _cpu_name(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+        "machine": {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "torch": samples["fused"][0]["torch"]},
         "kernels": {mode: samples[mode][0]["kernels"] for mode in samples},
         "median_s": summary, "speedup": speedup,
         "first_loss": {"reference": loss_ref, "fused": loss_fused},
         "samples_step_s": {mode: [v for res in samples[mode] for v in res["step_s"]] for mode in samples},
-        "load_average": {"start": load_start, "end": _loadavg()},
+        "load_average": {"start": load_start, "end": loadavg()},
         "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

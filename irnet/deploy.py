@@ -20,7 +20,6 @@ import copy
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import ops
 from .nn import IRConv2d, IRLinear
