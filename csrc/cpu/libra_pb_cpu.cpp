@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <tuple>
 
+#include "core/pow2.h"
 #include "ede_cpu.h"
 
 namespace irnet {
@@ -83,9 +84,7 @@ void libra_pb_channel(const scalar_t* x, scalar_t* wb, scalar_t* v, int64_t n, i
     sum_abs += std::abs(static_cast<double>(vi));
   }
   const scalar_t mean_abs = static_cast<scalar_t>(sum_abs / static_cast<double>(n));
-  const scalar_t s =
-      mean_abs == scalar_t(0) ? scalar_t(0)
-                              : std::ldexp(scalar_t(1), static_cast<int>(std::nearbyint(std::log2(mean_abs))));
+  const scalar_t s = ::irnet::core::pow2_round(mean_abs);  // the one definition the CUDA kernel shares
   *scale_o = s;
   for (int64_t i = 0; i < n; ++i) wb[i] = v[i] < scalar_t(0) ? -s : s;
 }
