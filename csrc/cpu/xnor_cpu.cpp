@@ -376,17 +376,34 @@ void run_conv(ConvProblem& P, const Tensor& w_bits, const Tensor& scale) {
   });
 }
 
+// Both packed operands must hold ceil(channels/64) words in their last dim; returns it.
+int64_t check_words(const char* op, const Tensor& x_bits, const char* x_unit, const Tensor& w_bits,
+                    const char* w_unit, int64_t channels, const char* what) {
+  const int64_t words = core::num_words(channels);
+  TORCH_CHECK(x_bits.size(-1) == words, "irnet::", op, ": expected x_bits with ", words, " words per ", x_unit,
+              " for ", channels, " ", what, ", got shape ", x_bits.sizes());
+  TORCH_CHECK(w_bits.size(-1) == words, "irnet::", op, ": expected w_bits with ", words, " words per ", w_unit,
+              " for ", channels, " ", what, " (as x_bits), got shape ", w_bits.sizes());
+  return words;
+}
+
+// The common end of both ops once P's shape is set: the bits past P.C are masked in
+// both operands, then the one conv driver runs (a linear layer is a 1x1 conv).
+void run_packed(ConvProblem& P, const Tensor& x_bits, const Tensor& w_bits, const Tensor& s, Tensor& out) {
+  const Tensor xc = masked_tail(x_bits.contiguous(), P.C);
+  const Tensor wc = masked_tail(w_bits.contiguous(), P.C);
+  P.x = reinterpret_cast<const uint64_t*>(xc.const_data_ptr<int64_t>());
+  P.out = out.data_ptr<float>();
+  run_conv(P, wc, s);
+}
+
 Tensor xnor_conv2d_cpu(const Tensor& x_bits, const Tensor& w_bits, const std::optional<Tensor>& scale,
                        int64_t in_channels, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   const char* op = "xnor_conv2d";
   check_bits(op, "x_bits (N, H, W, words)", x_bits, 4);
   check_bits(op, "w_bits (C_out, kh, kw, words)", w_bits, 4);
   TORCH_CHECK(in_channels >= 1, "irnet::xnor_conv2d: expected in_channels >= 1, got ", in_channels);
-  const int64_t words = core::num_words(in_channels);
-  TORCH_CHECK(x_bits.size(3) == words, "irnet::xnor_conv2d: expected x_bits with ", words, " words per pixel for ",
-              in_channels, " channels, got shape ", x_bits.sizes());
-  TORCH_CHECK(w_bits.size(3) == words, "irnet::xnor_conv2d: expected w_bits with ", words, " words per tap for ",
-              in_channels, " channels (as x_bits), got shape ", w_bits.sizes());
+  const int64_t words = check_words(op, x_bits, "pixel", w_bits, "tap", in_channels, "channels");
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
               "irnet::xnor_conv2d: expected stride, padding, dilation of 2 ints each, got ", stride, ", ", padding, ", ",
               dilation);
@@ -406,16 +423,12 @@ Tensor xnor_conv2d_cpu(const Tensor& x_bits, const Tensor& w_bits, const std::op
   const Tensor s = checked_scale(op, scale, O);
   Tensor out = at::empty({N, O, Ho, Wo}, x_bits.options().dtype(at::kFloat));
   if (out.numel() == 0) return out;
-  const Tensor xc = masked_tail(x_bits.contiguous(), in_channels);
-  const Tensor wc = masked_tail(w_bits.contiguous(), in_channels);
   ConvProblem P;
-  P.x = reinterpret_cast<const uint64_t*>(xc.const_data_ptr<int64_t>());
   P.N = N, P.H = H, P.W = W, P.words = words, P.C = in_channels;
   P.O = O, P.kh = kh, P.kw = kw;
   P.sh = stride[0], P.sw = stride[1], P.ph = padding[0], P.pw = padding[1], P.dh = dilation[0], P.dw = dilation[1];
   P.Ho = Ho, P.Wo = Wo;
-  P.out = out.data_ptr<float>();
-  run_conv(P, wc, s);
+  run_packed(P, x_bits, w_bits, s, out);
   return out;
 }
 
@@ -427,23 +440,15 @@ Tensor xnor_linear_cpu(const Tensor& x_bits, const Tensor& w_bits, const std::op
   check_bits(op, "x_bits (N, words)", x_bits, 2);
   check_bits(op, "w_bits (C_out, words)", w_bits, 2);
   TORCH_CHECK(in_features >= 1, "irnet::xnor_linear: expected in_features >= 1, got ", in_features);
-  const int64_t words = core::num_words(in_features);
-  TORCH_CHECK(x_bits.size(1) == words, "irnet::xnor_linear: expected x_bits with ", words, " words per row for ",
-              in_features, " features, got shape ", x_bits.sizes());
-  TORCH_CHECK(w_bits.size(1) == words, "irnet::xnor_linear: expected w_bits with ", words, " words per row for ",
-              in_features, " features (as x_bits), got shape ", w_bits.sizes());
+  const int64_t words = check_words(op, x_bits, "row", w_bits, "row", in_features, "features");
   const int64_t N = x_bits.size(0), O = w_bits.size(0);
   const Tensor s = checked_scale(op, scale, O);
   Tensor out = at::empty({N, O}, x_bits.options().dtype(at::kFloat));
   if (out.numel() == 0) return out;
-  const Tensor xc = masked_tail(x_bits.contiguous(), in_features);
-  const Tensor wc = masked_tail(w_bits.contiguous(), in_features);
   ConvProblem P;
-  P.x = reinterpret_cast<const uint64_t*>(xc.const_data_ptr<int64_t>());
   P.N = N, P.H = 1, P.W = 1, P.words = words, P.C = in_features;
   P.O = O, P.kh = 1, P.kw = 1, P.Ho = 1, P.Wo = 1;
-  P.out = out.data_ptr<float>();
-  run_conv(P, wc, s);
+  run_packed(P, x_bits, w_bits, s, out);
   return out;
 }
 
