@@ -173,18 +173,24 @@ void check_k_range(const char* op, int64_t taps, int64_t words) {
               ": expected kh*kw*64*ceil(C/64) < 2^31 (int32 accumulation), got ", taps, " taps of ", words, " words");
 }
 
+// Both packed operands: int64 CUDA tensors of rank `dim` on one device.
+void check_packed_pair(const char* op, const at::Tensor& x_bits, const char* x_desc, const at::Tensor& w_bits,
+                       const char* w_desc, int64_t dim) {
+  check_cuda(op, "x_bits", x_bits);
+  check_same_device(op, "w_bits", w_bits, "x_bits", x_bits);
+  check_dtype(op, "x_bits", x_bits, at::kLong);
+  check_dtype(op, "w_bits", w_bits, at::kLong);
+  check_dim(op, x_desc, x_bits, dim);
+  check_dim(op, w_desc, w_bits, dim);
+}
+
 }  // namespace
 
 at::Tensor xnor_conv2d_cuda(const at::Tensor& x_bits, const at::Tensor& w_bits, const std::optional<at::Tensor>& scale,
                             int64_t in_channels, at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation) {
   const char* op = "xnor_conv2d";
-  check_cuda(op, "x_bits", x_bits);
-  check_same_device(op, "w_bits", w_bits, "x_bits", x_bits);
-  check_dtype(op, "x_bits", x_bits, at::kLong);
-  check_dtype(op, "w_bits", w_bits, at::kLong);
-  check_dim(op, "x_bits (N, H, W, words)", x_bits, 4);
-  check_dim(op, "w_bits (O, kh, kw, words)", w_bits, 4);
+  check_packed_pair(op, x_bits, "x_bits (N, H, W, words)", w_bits, "w_bits (O, kh, kw, words)", 4);
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
               "irnet::xnor_conv2d: expected stride, padding and dilation of 2 entries each, got ", stride, ", ",
               padding, ", ", dilation);
@@ -240,12 +246,7 @@ at::Tensor xnor_conv2d_cuda(const at::Tensor& x_bits, const at::Tensor& w_bits, 
 at::Tensor xnor_linear_cuda(const at::Tensor& x_bits, const at::Tensor& w_bits, const std::optional<at::Tensor>& scale,
                             int64_t in_features) {
   const char* op = "xnor_linear";
-  check_cuda(op, "x_bits", x_bits);
-  check_same_device(op, "w_bits", w_bits, "x_bits", x_bits);
-  check_dtype(op, "x_bits", x_bits, at::kLong);
-  check_dtype(op, "w_bits", w_bits, at::kLong);
-  check_dim(op, "x_bits (N, words)", x_bits, 2);
-  check_dim(op, "w_bits (O, words)", w_bits, 2);
+  check_packed_pair(op, x_bits, "x_bits (N, words)", w_bits, "w_bits (O, words)", 2);
   TORCH_CHECK(in_features >= 0, "irnet::xnor_linear: expected in_features >= 0, got ", in_features);
   const int64_t words = words_for(in_features);
   TORCH_CHECK(x_bits.size(1) == words && w_bits.size(1) == words, "irnet::xnor_linear: expected ", words,
