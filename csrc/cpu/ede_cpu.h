@@ -3,17 +3,22 @@
 //
 //   ede(g, x) = g * k * t * (1 - tanh(t * x)^2)
 //
-// evaluated in the same order as irnet.reference.ede_grad, ((g*k)*t) * (1 - th*th)
-// with th = tanh(x*t), so results agree with it to the ulp or two in which two tanh
-// implementations differ.  (1 - th^2 is computed as the reference does, not as the
-// more accurate sech^2: where tanh rounds to 1 both give 0.)
-//
-// On x86-64 with AVX2+FMA, tanh is SLEEF's Sleef_tanh{f8,d4}_u10avx2 (1.0-ulp), the very
-// routine ATen's own AVX2 torch.tanh calls, taken from libtorch_cpu at run time
-// (weak symbols: if a libtorch lacks them, or the CPU lacks AVX2/FMA, the portable
-// std::tanh loop runs instead; so it does when the environment has IRNET_SIMD=scalar at
-// the first call, the switch the XNOR kernels read too).  Only the functions marked
-// target("avx2,fma") use AVX instructions; they are called only after a run-time CPU check.
+// float:  ((g*k)*t) * sech2(x*t), with the identity
+//           1 - tanh(u)^2 = sech(u)^2 = 4e / (1 + e)^2,   e = exp(-2|u|) in (0, 1],
+//         which needs one exp (no overflow: the argument is <= 0) and one division
+//         instead of a tanh, and has no cancellation where |tanh u| -> 1 (the result is
+//         accurate to a few ulp relative, so it agrees with the reference's 1 - th*th
+//         within that form's own rounding: a few ulp of |g k t|, absolute).
+//         On x86-64 with AVX2+FMA the exp is the vector routine below (Cody-Waite range
+//         reduction, degree-6 polynomial, exponent by integer add): ~4x cheaper than
+//         SLEEF's tanh, which ATen's torch.tanh uses.
+// double: ((g*k)*t) * (1 - th*th), th = tanh(x*t), evaluated as irnet.reference.ede_grad
+//         does, with SLEEF's Sleef_tanhd4_u10avx2 (1.0-ulp; ATen's own AVX2 tanh) taken
+//         from libtorch_cpu at run time as a weak symbol.
+// The portable loops (no AVX2/FMA, or a libtorch without that symbol, or IRNET_SIMD=scalar
+// in the environment at the first call, the switch the XNOR kernels read too) use the
+// same formulas with std::exp / std::tanh.  Only the functions marked target("avx2,fma")
+// use AVX instructions; they are called only after a run-time CPU check.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -31,7 +36,6 @@
 #define IRNET_EDE_AVX2 1
 #include <immintrin.h>
 extern "C" {
-__attribute__((weak, target("avx2,fma"))) __m256 Sleef_tanhf8_u10avx2(__m256);
 __attribute__((weak, target("avx2,fma"))) __m256d Sleef_tanhd4_u10avx2(__m256d);
 }
 #endif
@@ -65,26 +69,38 @@ struct OpMath<double> {
 template <typename T>
 using opmath_t = typename OpMath<T>::type;
 
+// 1 - tanh(u)^2: see the top of this file for the form per type.
+inline float one_minus_tanh2(float u) {
+  const float e = std::exp(-2.0f * std::fabs(u));
+  const float d = 1.0f + e;
+  return (4.0f * e) / (d * d);
+}
+inline double one_minus_tanh2(double u) {
+  const double th = std::tanh(u);
+  return 1.0 - th * th;
+}
+
 template <typename T>
 inline T ede_scalar(T g, T x, T k, T t) {
   const T a = (g * k) * t;
-  const T th = std::tanh(x * t);
-  return a * (T(1) - th * th);
+  return a * one_minus_tanh2(x * t);
 }
 
 #if IRNET_EDE_AVX2
+// Whether the AVX2 loop runs for element type T (double also needs the SLEEF symbol).
+template <typename T>
 inline bool ede_avx2_available() {
-  static const bool ok = [] {
+  static const bool cpu_ok = [] {
     const char* env = std::getenv("IRNET_SIMD");
     if (env != nullptr && std::strcmp(env, "scalar") == 0) return false;
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && Sleef_tanhf8_u10avx2 != nullptr &&
-           Sleef_tanhd4_u10avx2 != nullptr;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   }();
-  return ok;
+  if constexpr (std::is_same_v<T, double>) return cpu_ok && Sleef_tanhd4_u10avx2 != nullptr;
+  return cpu_ok;
 }
 
 #define IRNET_AVX2 __attribute__((target("avx2,fma")))
-// The AVX2 vector of each element type: 8 floats or 4 doubles, and SLEEF's tanh for it.
+// The AVX2 vector of each element type: 8 floats or 4 doubles, and 1 - tanh^2 for it.
 template <typename T>
 struct Avx2Vec;
 template <>
@@ -95,8 +111,34 @@ struct Avx2Vec<float> {
   IRNET_AVX2 static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   IRNET_AVX2 static V set1(float a) { return _mm256_set1_ps(a); }
   IRNET_AVX2 static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
-  IRNET_AVX2 static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
-  IRNET_AVX2 static V tanh(V a) { return Sleef_tanhf8_u10avx2(a); }
+  // exp(r) for r <= 0: r = n*ln2 + f with n = round(r / ln2), |f| <= ln2/2 (ln2 in two
+  // parts, so f is exact to ~1 ulp), exp(f) by its degree-6 Taylor polynomial (truncation
+  // < 2e-10 relative), times 2^n built in the exponent field.  r is clamped at -87,
+  // where exp(r) < 2^-125 stays a normal float; the callers' results there are < 2^-123
+  // (instead of smaller still), far below the rounding of their other terms.
+  IRNET_AVX2 static V exp_nonpos(V r) {
+    r = _mm256_max_ps(r, _mm256_set1_ps(-87.0f));
+    const V n = _mm256_round_ps(_mm256_mul_ps(r, _mm256_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    V f = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), r);
+    f = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), f);
+    V p = _mm256_set1_ps(1.0f / 720.0f);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(pow2n));
+  }
+  // 4e / (1 + e)^2, e = exp(-2|u|)
+  IRNET_AVX2 static V one_minus_tanh2(V u) {
+    const V abs_u = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), u);
+    const V e = exp_nonpos(_mm256_mul_ps(abs_u, _mm256_set1_ps(-2.0f)));
+    const V d = _mm256_add_ps(_mm256_set1_ps(1.0f), e);
+    return _mm256_div_ps(_mm256_mul_ps(_mm256_set1_ps(4.0f), e), _mm256_mul_ps(d, d));
+  }
 };
 template <>
 struct Avx2Vec<double> {
@@ -106,22 +148,23 @@ struct Avx2Vec<double> {
   IRNET_AVX2 static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
   IRNET_AVX2 static V set1(double a) { return _mm256_set1_pd(a); }
   IRNET_AVX2 static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
-  IRNET_AVX2 static V sub(V a, V b) { return _mm256_sub_pd(a, b); }
-  IRNET_AVX2 static V tanh(V a) { return Sleef_tanhd4_u10avx2(a); }
+  IRNET_AVX2 static V one_minus_tanh2(V u) {
+    const V th = Sleef_tanhd4_u10avx2(u);
+    return _mm256_sub_pd(_mm256_set1_pd(1.0), _mm256_mul_pd(th, th));
+  }
 };
 
-// out[i] = ((g[i]*k)*t) * (1 - th*th), th = tanh(x[i]*t), for i < n; the tail (less
-// than one vector) goes through the same vector code via a zero-padded copy, so every
-// element sees the same tanh.
+// out[i] = ((g[i]*k)*t) * (1 - tanh(x[i]*t)^2) for i < n; the tail (less than one
+// vector) goes through the same vector code via a zero-padded copy, so every element
+// sees the same arithmetic.
 template <typename T>
 IRNET_AVX2 inline void ede_avx2(const T* g, const T* x, T* out, int64_t n, T k, T t) {
   using A = Avx2Vec<T>;
   using V = typename A::V;
-  const V vk = A::set1(k), vt = A::set1(t), one = A::set1(T(1));
+  const V vk = A::set1(k), vt = A::set1(t);
   const auto ede = [&](V gv, V xv) IRNET_AVX2 {
     const V a = A::mul(A::mul(gv, vk), vt);
-    const V th = A::tanh(A::mul(xv, vt));
-    return A::mul(a, A::sub(one, A::mul(th, th)));
+    return A::mul(a, A::one_minus_tanh2(A::mul(xv, vt)));
   };
   int64_t i = 0;
   for (; i + A::kLanes <= n; i += A::kLanes) A::store(out + i, ede(A::load(g + i), A::load(x + i)));
@@ -140,7 +183,7 @@ template <typename T>
 inline void ede_contiguous(const T* g, const T* x, T* out, int64_t n, T k, T t) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "float or double");
 #if IRNET_EDE_AVX2
-  if (ede_avx2_available()) {
+  if (ede_avx2_available<T>()) {
     ede_avx2(g, x, out, n, k, t);
     return;
   }

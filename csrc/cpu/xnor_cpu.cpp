@@ -87,7 +87,7 @@ using MaskFn = uint64_t (*)(const T*, int64_t);
 //  * otherwise (NCHW): on the contiguous (N, C, P) view, a 64-channel x 64-pixel
 //    block is read row by row (one word of 64 pixel bits per channel, contiguous
 //    loads) and then bit-transposed so that each word holds 64 channels of a pixel;
-//    with fewer than 64 pixels per channel, each pixel's channels are gathered instead.
+//    with fewer than 16 pixels per channel, each pixel's channels are gathered instead.
 template <class T>
 void pack_impl(const Tensor& x, Tensor& out, MaskFn<T> mask) {
   const int64_t N = x.size(0), C = x.size(1);
@@ -120,9 +120,10 @@ void pack_impl(const Tensor& x, Tensor& out, MaskFn<T> mask) {
   }
   const Tensor xc = x.contiguous();
   const T* base = reinterpret_cast<const T*>(xc.const_data_ptr());
-  if (P < 64) {
+  if (P < 16) {
     // Few pixels per channel (e.g. a 3x3 weight): a 64x64 transpose would mostly move
     // zeros; gather each pixel's channel column into a buffer and pack it directly.
+    // (From 16 pixels on, e.g. a 7x7 map, the transposed blocks below are faster.)
     at::parallel_for(0, N * P, std::max<int64_t>(1, 16384 / C), [&](int64_t b, int64_t e) {
       std::vector<T> col(static_cast<size_t>(C));
       for (int64_t r = b; r < e; ++r) {

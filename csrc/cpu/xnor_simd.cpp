@@ -35,6 +35,15 @@ namespace cpu {
     static IRNET_INLINE acc zero() { return 0; }                                          \
     static IRNET_INLINE acc add_pop(acc s, vec v) { return s + uint64_t(__builtin_popcountll(v)); } \
     static IRNET_INLINE void flush(acc s, int64_t* out, bool first) { out[0] = (first ? 0 : out[0]) + int64_t(s); }         \
+    /* y[q] = float(kin - 2*cnt[q]) * sc[q], q < NR (the epilogue, see conv_block) */    \
+    static IRNET_INLINE void finish(const int64_t* cnt, int32_t kin, const float* sc, float* y) { \
+      for (int q = 0; q < V * LANES; ++q) y[q] = float(kin - 2 * int32_t(cnt[q])) * sc[q];      \
+    }                                                                                     \
+    /* out[q*stride + p] = y[p*NR + q], p < 8, q < NR (NR = V*LANES = 4) */               \
+    static IRNET_INLINE void store_cols(const float* y, float* out, int64_t stride) {     \
+      for (int q = 0; q < V * LANES; ++q)                                                 \
+        for (int p = 0; p < 8; ++p) out[q * stride + p] = y[p * V * LANES + q];           \
+    }                                                                                     \
     static constexpr int BF32 = 1, BF64 = 1, BF16 = 1, BBF16 = 1;                         \
     static uint64_t neg_f32(const float*) { return 0; }                                   \
     static uint64_t neg_f64(const double*) { return 0; }                                  \
@@ -118,6 +127,39 @@ struct Ops {
     if (!first) q = _mm256_add_epi64(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(out)));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), q);
   }
+  // 8x8 float transpose: out[q*stride + p] = y[p*ld + q] for p, q < 8 (unpack pairs,
+  // then 64-bit pairs, then swap 128-bit halves): 24 shuffles and 8 contiguous stores
+  // instead of 64 scattered ones.
+  static IRNET_INLINE void transpose8_store(const float* y, int64_t ld, float* out, int64_t stride) {
+    __m256 r[8], t[8];
+    for (int p = 0; p < 8; ++p) r[p] = _mm256_loadu_ps(y + p * ld);
+    for (int p = 0; p < 8; p += 2) {
+      t[p] = _mm256_unpacklo_ps(r[p], r[p + 1]);      // p0q0 p1q0 p0q1 p1q1 | q4 q5
+      t[p + 1] = _mm256_unpackhi_ps(r[p], r[p + 1]);  // q2 q3 | q6 q7
+    }
+    for (int p = 0; p < 8; p += 4) {
+      for (int h = 0; h < 2; ++h) {
+        const __m256d a = _mm256_castps_pd(t[p + h]), b = _mm256_castps_pd(t[p + 2 + h]);
+        r[p + 2 * h] = _mm256_castpd_ps(_mm256_unpacklo_pd(a, b));      // p0..3 of q(2h) | q(2h+4)
+        r[p + 2 * h + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(a, b));  // p0..3 of q(2h+1) | q(2h+5)
+      }
+    }
+    for (int q = 0; q < 4; ++q) {
+      _mm256_storeu_ps(out + q * stride, _mm256_permute2f128_ps(r[q], r[4 + q], 0x20));
+      _mm256_storeu_ps(out + (q + 4) * stride, _mm256_permute2f128_ps(r[q], r[4 + q], 0x31));
+    }
+  }
+  static IRNET_INLINE void store_cols(const float* y, float* out, int64_t stride) { transpose8_store(y, NR_, out, stride); }
+  // y[q] = float(kin - 2*cnt[q]) * sc[q] for the 8 lanes: the int64 counts (< 2^31)
+  // narrowed to int32 by taking the even dwords of each half
+  static IRNET_INLINE void finish(const int64_t* cnt, int32_t kin, const float* sc, float* y) {
+    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    const __m256i c0 = _mm256_permutevar8x32_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(cnt)), even);
+    const __m256i c1 = _mm256_permutevar8x32_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(cnt + 4)), even);
+    const __m256i c = _mm256_blend_epi32(c0, c1, 0xF0);
+    const __m256i d = _mm256_sub_epi32(_mm256_set1_epi32(kin), _mm256_slli_epi32(c, 1));
+    _mm256_storeu_ps(y, _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_loadu_ps(sc)));
+  }
   // Sign masks: VCMPPS with _CMP_LT_OQ is false for -0.0 and NaN, like `x < 0`.
   static constexpr int BF32 = 8, BF64 = 4, BF16 = 8, BBF16 = 8;
   static uint64_t neg_f32(const float* p) {
@@ -147,10 +189,10 @@ struct Ops {
 // ============================================================================ AVX-512
 // VPOPCNTQ counts each 64-bit lane directly; 64-bit accumulators never overflow.
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,f16c"))), apply_to = function)
 #else
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vpopcntdq,popcnt")
+#pragma GCC target("avx512f,avx512bw,avx512vpopcntdq,popcnt,f16c")
 // GCC 12's own avx512 intrinsic headers trip -Wmaybe-uninitialized (_mm512_undefined_*)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -171,6 +213,18 @@ struct Ops {
   static IRNET_INLINE void flush(acc s, int64_t* out, bool first) {
     if (!first) s = _mm512_add_epi64(s, _mm512_loadu_si512(out));
     _mm512_storeu_si512(out, s);
+  }
+  static IRNET_INLINE void finish(const int64_t* cnt, int32_t kin, const float* sc, float* y) {
+    const __m256i c0 = _mm512_cvtepi64_epi32(_mm512_loadu_si512(cnt));
+    const __m256i c1 = _mm512_cvtepi64_epi32(_mm512_loadu_si512(cnt + 8));
+    const __m512i c = _mm512_inserti64x4(_mm512_castsi256_si512(c0), c1, 1);
+    const __m512i d = _mm512_sub_epi32(_mm512_set1_epi32(kin), _mm512_slli_epi32(c, 1));
+    _mm512_storeu_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_loadu_ps(sc)));
+  }
+  // 8 pixels x 16 channels: the AVX2 8x8 transpose on each half of the channels
+  static IRNET_INLINE void store_cols(const float* y, float* out, int64_t stride) {
+    avx2::Ops::transpose8_store(y, 16, out, stride);
+    avx2::Ops::transpose8_store(y + 8, 16, out + 8 * stride, stride);
   }
   static constexpr int BF32 = 16, BF64 = 8, BF16 = 16, BBF16 = 16;
   static uint64_t neg_f32(const float* p) {
@@ -200,9 +254,18 @@ struct Ops {
 
 // ============================================================================ table
 int64_t conv_scratch_words(const ConvProblem& P, int64_t rows) {
-  const int64_t info_words = int64_t(sizeof(generic::RowInfo) / sizeof(uint64_t));
-  // RowInfo, a row pointer, and up to 2 stored words per word of the im2col row
-  return rows * (info_words + 1 + 2 * P.kh * P.kw * P.words);
+  const int64_t info_words = int64_t(sizeof(RowInfo) / sizeof(uint64_t));
+  return rows * (kMaxNR / 2 + info_words + 1 + 2 * P.kh * P.kw * P.words);
+}
+
+ConvScratch conv_scratch(const ConvProblem& P, uint64_t* scratch, int64_t rows) {
+  (void)P;
+  ConvScratch S;
+  S.ybuf = reinterpret_cast<float*>(scratch);
+  S.info = reinterpret_cast<RowInfo*>(scratch + rows * (kMaxNR / 2));
+  S.base = reinterpret_cast<const uint64_t**>(S.info + rows);
+  S.patch = reinterpret_cast<uint64_t*>(S.base + rows);
+  return S;
 }
 
 RowsLayout rows_layout(const ConvProblem& P, int split) {

@@ -73,8 +73,27 @@ struct RowsLayout {
 RowsLayout rows_layout(const ConvProblem& P, int split);
 // xoff[k] for k < kh*kw*words (see RowsLayout).
 void rows_offsets(const ConvProblem& P, int split, int64_t* xoff);
-// Words of scratch conv_block needs for a block of `rows` output pixels.
+// Per output pixel of a conv_block: where its output goes and which taps are in frame.
+struct RowInfo {
+  int64_t kin;                 // C * (number of in-frame taps): the length of this dot
+  int64_t out_base;            // n*O*Ho*Wo + ho*Wo + wo
+  int64_t border;              // 0: all taps in frame
+  int64_t s11, s01, s10, s00;  // wrect rows of the in-frame rectangle [i0,i1) x [j0,j1)
+};
+
+// conv_block's scratch for a block of `rows` output pixels, carved from
+// conv_scratch_words(P, rows) words: the staged results ybuf[rows][kMaxNR] (floats),
+// the RowInfo and tile-row pointer of every pixel, and the im2col patch rows (up to 2
+// stored words per word of a row; used only without the padded copy).
+constexpr int64_t kMaxNR = 16;
+struct ConvScratch {
+  float* ybuf;
+  RowInfo* info;
+  const uint64_t** base;
+  uint64_t* patch;
+};
 int64_t conv_scratch_words(const ConvProblem& P, int64_t rows);
+ConvScratch conv_scratch(const ConvProblem& P, uint64_t* scratch, int64_t rows);
 
 // Re-lays w_bits (O, L) row-major into panels [ceil(O/nr)][L][split][nr] (zeros past
 // O; split 2 stores each word as its nibble halves w & 0x0F.., (w >> 4) & 0x0F..) and
