@@ -6,7 +6,7 @@ found.  Environment variables:
 
 * ``IRNET_CUDA=0|1``  force the CUDA part off / on (on fails loudly if impossible);
 * ``IRNET_NO_EXTENSION=1``  build a pure-Python package (reference path only);
-* ``TORCH_CUDA_ARCH_LIST``  defaults to ``8.0;9.0`` when no GPU is visible;
+* ``TORCH_CUDA_ARCH_LIST``  defaults to ``8.0;9.0+PTX`` when no GPU is visible (SASS for A100 and H100, plus PTX that newer GPUs compile at load);
 * ``CUDA_HOME``  found from ``nvcc --dryrun`` when unset (the nvcc on the PATH may be
   a wrapper outside the toolkit, in which case PyTorch's own guess is wrong).
 """
@@ -69,7 +69,7 @@ def _extensions():
                 os.environ["CUDA_HOME"] = home
                 cpp_extension.CUDA_HOME = home
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
         # The pip CUDA headers (nvidia/cu13/include) hold headers the system toolkit may lack.
         for site in sys.path:
             for sub in ("cu13", "cu12", "cuda_runtime"):

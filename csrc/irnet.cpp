@@ -31,7 +31,7 @@ TORCH_LIBRARY(irnet, m) {
   m.def("libra_pb_pack(Tensor w) -> (Tensor, Tensor)");
   // XNOR-popcount conv on packed operands x_bits (N, H, W, words), w_bits (O, kh, kw, words):
   // y[n, o, p, q] = scale[o] * sum over in-frame taps of (C - 2 popcount(x ^ w)), float32 NCHW.
-  m.def("xnor_conv2d(Tensor x_bits, Tensor w_bits, Tensor? scale, int in_channels, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  m.def("xnor_conv2d(Tensor x_bits, Tensor w_bits, Tensor? scale, int in_channels, int[2] stride, int[2] padding, int[2] dilation, bool channels_last=False) -> Tensor");
   // y[n, o] = scale[o] * (in_features - 2 popcount(x_bits[n] ^ w_bits[o])), float32.
   m.def("xnor_linear(Tensor x_bits, Tensor w_bits, Tensor? scale, int in_features) -> Tensor");
 }

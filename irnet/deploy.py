@@ -51,7 +51,7 @@ class PackedConv2d(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"PackedConv2d: expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         y = torch.ops.irnet.xnor_conv2d(torch.ops.irnet.pack_bits(x), self.bits, self.scale.float(), self.in_channels,
-                                        self.stride, self.padding, self.dilation)
+                                        self.stride, self.padding, self.dilation, ops.wants_channels_last(x))
         y = y.to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1, 1)

@@ -21,7 +21,7 @@ SCHEMAS = {
     "libra_pb_backward": "libra_pb_backward(Tensor grad_wb, Tensor v, Tensor inv_sigma, Tensor scale, Tensor k, Tensor t) -> Tensor",
     "pack_bits": "pack_bits(Tensor x) -> Tensor",
     "libra_pb_pack": "libra_pb_pack(Tensor w) -> (Tensor, Tensor)",
-    "xnor_conv2d": "xnor_conv2d(Tensor x_bits, Tensor w_bits, Tensor? scale, int in_channels, int[2] stride, int[2] padding, int[2] dilation) -> Tensor",
+    "xnor_conv2d": "xnor_conv2d(Tensor x_bits, Tensor w_bits, Tensor? scale, int in_channels, int[2] stride, int[2] padding, int[2] dilation, bool channels_last=False) -> Tensor",
     "xnor_linear": "xnor_linear(Tensor x_bits, Tensor w_bits, Tensor? scale, int in_features) -> Tensor",
 }
 
@@ -40,6 +40,10 @@ def _contiguous(out):
     return out.contiguous()
 
 
+def _conv_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 _REFERENCE_KERNELS = {
     "sign_ede": lambda x, k, t: ref.sign(x).contiguous(),
     "sign_ede_backward": lambda grad, x, k, t: ref.ede_grad(grad, x, k, t).contiguous(),
@@ -47,8 +51,8 @@ _REFERENCE_KERNELS = {
     "libra_pb_backward": lambda g, v, inv_sigma, scale, k, t: ref.libra_pb_backward(g, v, inv_sigma, scale, k, t).contiguous(),
     "pack_bits": lambda x: ref.pack_bits(x).contiguous(),
     "libra_pb_pack": lambda w: _contiguous(ref.libra_pb_pack(w)),
-    "xnor_conv2d": lambda xb, wb, scale, c, stride, padding, dilation: ref.xnor_conv2d_bits(
-        xb, wb, scale, c, stride, padding, dilation).contiguous(),
+    "xnor_conv2d": lambda xb, wb, scale, c, stride, padding, dilation, channels_last=False: ref.xnor_conv2d_bits(
+        xb, wb, scale, c, stride, padding, dilation).contiguous(memory_format=_conv_format(channels_last)),
     "xnor_linear": lambda xb, wb, scale, n: ref.xnor_linear_bits(xb, wb, scale, n).contiguous(),
 }
 
@@ -115,12 +119,13 @@ def _(w):
 
 
 @torch.library.register_fake("irnet::xnor_conv2d")
-def _(x_bits, w_bits, scale, in_channels, stride, padding, dilation):
+def _(x_bits, w_bits, scale, in_channels, stride, padding, dilation, channels_last=False):
     n, h, w_, _ = x_bits.shape
     o, kh, kw, _ = w_bits.shape
     ho = _conv_out(h, kh, stride[0], padding[0], dilation[0])
     wo = _conv_out(w_, kw, stride[1], padding[1], dilation[1])
-    return x_bits.new_empty((n, o, ho, wo), dtype=torch.float32)
+    return torch.empty((n, o, ho, wo), dtype=torch.float32, device=x_bits.device,
+                       memory_format=_conv_format(channels_last))
 
 
 @torch.library.register_fake("irnet::xnor_linear")
@@ -291,11 +296,18 @@ def _as_packed(w, dims, pack) -> PackedWeight:
     return pack(w)
 
 
+def wants_channels_last(x: torch.Tensor) -> bool:
+    """Whether a convolution of ``x`` should return a channels_last tensor: as for
+    F.conv2d, when ``x`` itself is channels_last (and not also plain contiguous)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def xnor_conv2d(x: torch.Tensor, w, stride=1, padding=0, dilation=1) -> torch.Tensor:
     """F.conv2d(sign(x), sign(w) [* scale], stride, padding, dilation) with zero padding,
     computed by XNOR-popcount on bit-packed operands; float32 result, exact.
 
-    ``w`` is a float (C_out, C_in, kh, kw) weight or a :class:`PackedWeight`."""
+    ``w`` is a float (C_out, C_in, kh, kw) weight or a :class:`PackedWeight`.  The result
+    is channels_last when ``x`` is (as F.conv2d's would be), NCHW-contiguous otherwise."""
     _check_tensor("x", x, dims=(4,))
     pw = _as_packed(w, (4,), pack_conv_weight)
     _check_same_device(x=x, w=pw.bits)
@@ -308,7 +320,8 @@ def xnor_conv2d(x: torch.Tensor, w, stride=1, padding=0, dilation=1) -> torch.Te
     kh, kw = pw.shape[2], pw.shape[3]
     if _conv_out(h, kh, stride[0], padding[0], dilation[0]) < 1 or _conv_out(w_, kw, stride[1], padding[1], dilation[1]) < 1:
         raise ValueError(f"irnet: kernel {kh}x{kw} (dilation {dilation}) does not fit input {h}x{w_} padded by {padding}")
-    return torch.ops.irnet.xnor_conv2d(torch.ops.irnet.pack_bits(x), pw.bits, pw.scale, pw.in_channels, stride, padding, dilation)
+    return torch.ops.irnet.xnor_conv2d(torch.ops.irnet.pack_bits(x), pw.bits, pw.scale, pw.in_channels, stride, padding,
+                                       dilation, wants_channels_last(x))
 
 
 def xnor_linear(x: torch.Tensor, w) -> torch.Tensor:

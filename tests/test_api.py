@@ -41,6 +41,8 @@ def test_reference_fallback_in_a_fresh_process():
         x, w = torch.randn(2, 67, 6, 5), torch.randn(4, 67, 3, 3)
         y = ops.xnor_conv2d(x, w, stride=2, padding=1)
         assert torch.equal(y, torch.nn.functional.conv2d(ref.sign(x), ref.sign(w), stride=2, padding=1))
+        y_cl = ops.xnor_conv2d(x.contiguous(memory_format=torch.channels_last), w, stride=2, padding=1)
+        assert torch.equal(y_cl, y) and y_cl.is_contiguous(memory_format=torch.channels_last)
         m = irnet.models.create("resnet20_1w1a").eval()
         assert irnet.deploy.convert(m)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
         for name in ops.SCHEMAS:
@@ -110,6 +112,15 @@ def test_deploy_convert_predicts_exactly_the_same(name):
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(packed(x), model(x))
+        # channels_last end to end (the fast layout on the CPU): the same predictions; the
+        # logits agree to float rounding only, because the global average pool sums in
+        # another order over an NHWC tensor (every layer before it is exact: see
+        # test_xnor_cpu for the channels_last conv output)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        packed_cl = irnet.deploy.convert(model).to(memory_format=torch.channels_last)
+        y_cl = packed_cl(x_cl)
+        torch.testing.assert_close(y_cl, model(x), rtol=1e-5, atol=1e-5)
+        assert torch.equal(y_cl.argmax(1), model(x).argmax(1))
     n_packed = len(irnet.deploy.packed_layers(packed))
     assert n_packed == (len(irnet.binary_layers(model)) if name.endswith("1w1a") else 0)
     assert not irnet.binary_layers(packed)

@@ -177,6 +177,10 @@ def test_xnor_conv2d_bits(case, scale_kind):
     info = f"seed={seed} case={_conv_id(case)} scale={scale_kind}"
     assert out.dtype == torch.float32 and out.shape == expect.shape and out.is_contiguous(), info
     assert torch.equal(out.cpu(), expect), info
+    out_cl = OPS.xnor_conv2d(xb.to(DEV), wb.to(DEV), None if scale is None else scale.to(DEV), c, list(stride),
+                             list(padding), list(dilation), True)
+    assert out_cl.is_contiguous(memory_format=torch.channels_last), info
+    assert torch.equal(out_cl.cpu(), expect), info
 
 
 @pytest.mark.parametrize("case", CONV_CASES[:10], ids=_conv_id)
@@ -418,7 +422,7 @@ def _opcheck_cases():
         ("xnor_conv2d", (_random_bits((2, 6, 5, 2)).to(DEV), _random_bits((7, 3, 3, 2)).to(DEV),
                          torch.rand(7, device=DEV), 100, [2, 1], [1, 1], [1, 2])),
         ("xnor_conv2d", (_random_bits((1, 4, 4, 1)).to(DEV), _random_bits((3, 1, 1, 1)).to(DEV), None, 5,
-                         [1, 1], [0, 0], [1, 1])),
+                         [1, 1], [0, 0], [1, 1], True)),
         ("xnor_linear", (_random_bits((5, 3)).to(DEV), _random_bits((9, 3)).to(DEV), torch.rand(9, device=DEV), 150)),
         ("xnor_linear", (_random_bits((5, 1)).to(DEV), _random_bits((2, 1)).to(DEV), None, 64)),
         ("libra_pb", (w.clone().requires_grad_(True), *kt)),
@@ -430,7 +434,7 @@ def _opcheck_cases():
     ]
 
 
-_OPCHECK_IDS = ["pack_bits-f32", "pack_bits-f16", "xnor_conv2d-scale", "xnor_conv2d-noscale", "xnor_linear-scale",
+_OPCHECK_IDS = ["pack_bits-f32", "pack_bits-f16", "xnor_conv2d-scale", "xnor_conv2d-noscale-channels_last", "xnor_linear-scale",
                 "xnor_linear-noscale", "libra_pb-grad", "libra_pb-f64", "libra_pb_backward", "libra_pb_pack",
                 "sign_ede", "sign_ede_backward"]
 
@@ -539,6 +543,10 @@ def _bits(shape, device=DEV):
      "stride >= 1"),
     (lambda: OPS.xnor_linear(_bits((3, 1)), _bits((2, 1), "cpu"), None, 64), "w_bits to be a CUDA tensor"),
     (lambda: OPS.xnor_linear(_bits((3, 2)), _bits((2, 1)), None, 64), "words per row"),
+    # in_channels / in_features 0: rejected, as on the CPU
+    (lambda: OPS.xnor_conv2d(_bits((1, 4, 4, 0)), _bits((2, 3, 3, 0)), None, 0, [1, 1], [1, 1], [1, 1]),
+     "in_channels >= 1"),
+    (lambda: OPS.xnor_linear(_bits((3, 0)), _bits((2, 0)), None, 0), "in_features >= 1"),
     (lambda: OPS.pack_bits(torch.ones(3, 4, dtype=torch.int32, device=DEV)), "float32, float64"),
     (lambda: OPS.pack_bits(torch.ones(3, device=DEV)), "rank >= 2"),
     (lambda: OPS.sign_ede(torch.ones(3, device=DEV), torch.tensor(1.0), torch.tensor(1.0, device=DEV)),

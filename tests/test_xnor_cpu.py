@@ -75,6 +75,10 @@ def test_xnor_conv2d_matches_reference(level, case):
         want = ref.xnor_conv2d_bits(xb, wb, scale, c, s, p, d)
         assert got.dtype == torch.float32 and got.is_contiguous()
         assert torch.equal(got, want), f"level={level} case={case} scale={scale}"
+        # the channels_last output: same values, NHWC memory order
+        got_cl = torch.ops.irnet.xnor_conv2d(xb, wb, scale, c, list(s), list(p), list(d), True)
+        assert got_cl.is_contiguous(memory_format=torch.channels_last), got_cl.stride()
+        assert torch.equal(got_cl, want), f"channels_last level={level} case={case} scale={scale}"
 
 
 @needs_kernels
@@ -88,6 +92,13 @@ def test_xnor_conv2d_float_api_equals_fconv(level, case):
     scale = pow2_scale(o, zero=True)
     want_s = F.conv2d(ref.sign(x), ref.sign(wt) * scale[:, None, None, None], None, s, p, d)
     assert torch.equal(ops.xnor_conv2d(x, ops.pack_conv_weight(wt, scale), s, p, d), want_s)
+    # the output's memory format follows x's, as F.conv2d's does
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    got = ops.xnor_conv2d(x_cl, wt, s, p, d)
+    assert torch.equal(got, want)
+    f_cl = F.conv2d(ref.sign(x_cl), ref.sign(wt), None, s, p, d)
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        assert got.is_contiguous(memory_format=fmt) == f_cl.is_contiguous(memory_format=fmt), (fmt, got.stride())
 
 
 @needs_kernels
@@ -206,6 +217,7 @@ def test_opcheck():
     xb, wb = ref.pack_bits(x), ref.pack_bits(rand_pm(6, 70, 3, 3))
     torch.library.opcheck(torch.ops.irnet.xnor_conv2d.default, (xb, wb, pow2_scale(6), 70, [1, 1], [1, 1], [1, 1]))
     torch.library.opcheck(torch.ops.irnet.xnor_conv2d.default, (xb, wb, None, 70, [2, 1], [0, 2], [1, 2]))
+    torch.library.opcheck(torch.ops.irnet.xnor_conv2d.default, (xb, wb, None, 70, [1, 1], [1, 1], [1, 1], True))
     xl, wl = ref.pack_bits(rand_pm(3, 100)), ref.pack_bits(rand_pm(7, 100))
     torch.library.opcheck(torch.ops.irnet.xnor_linear.default, (xl, wl, pow2_scale(7), 100))
     torch.library.opcheck(torch.ops.irnet.xnor_linear.default, (xl, wl, None, 100))
@@ -245,6 +257,8 @@ def test_bad_inputs_raise_useful_errors():
         lin(xl, wl, None, 300)
     with pytest.raises(RuntimeError, match="scale of shape"):
         lin(xl, wl, torch.ones(2), 100)
+    with pytest.raises(RuntimeError, match="in_features >= 1"):
+        lin(xl[:, :0], wl[:, :0], None, 0)
     with pytest.raises(RuntimeError, match="float32, float64, float16 or bfloat16"):
         torch.ops.irnet.pack_bits(torch.ones(2, 3, dtype=torch.int32))
     with pytest.raises(RuntimeError, match="rank >= 2"):

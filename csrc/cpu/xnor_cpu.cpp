@@ -399,7 +399,8 @@ void run_packed(ConvProblem& P, const Tensor& x_bits, const Tensor& w_bits, cons
 }
 
 Tensor xnor_conv2d_cpu(const Tensor& x_bits, const Tensor& w_bits, const std::optional<Tensor>& scale,
-                       int64_t in_channels, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+                       int64_t in_channels, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                       bool channels_last) {
   const char* op = "xnor_conv2d";
   check_bits(op, "x_bits (N, H, W, words)", x_bits, 4);
   check_bits(op, "w_bits (C_out, kh, kw, words)", w_bits, 4);
@@ -422,9 +423,11 @@ Tensor xnor_conv2d_cpu(const Tensor& x_bits, const Tensor& w_bits, const std::op
               Ho, "x", Wo, " (input ", H, "x", W, ", kernel ", kh, "x", kw, ", stride ", stride, ", padding ", padding,
               ", dilation ", dilation, ")");
   const Tensor s = checked_scale(op, scale, O);
-  Tensor out = at::empty({N, O, Ho, Wo}, x_bits.options().dtype(at::kFloat));
+  Tensor out = at::empty({N, O, Ho, Wo}, x_bits.options().dtype(at::kFloat).memory_format(
+                                             channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
   ConvProblem P;
+  P.out_cl = channels_last;
   P.N = N, P.H = H, P.W = W, P.words = words, P.C = in_channels;
   P.O = O, P.kh = kh, P.kw = kw;
   P.sh = stride[0], P.sw = stride[1], P.ph = padding[0], P.pw = padding[1], P.dh = dilation[0], P.dw = dilation[1];

@@ -22,7 +22,8 @@ namespace cpu {
 //   wrect:   2-D prefix sums over the taps of popcount(w[o, i, j, :]), laid out
 //            ((kh+1)*(kw+1), opad) with opad = ceil(O/nr)*nr (zeros past O): the
 //            padding correction (see conv_block)
-//   out:     float32 (N, O, Ho, Wo) contiguous
+//   out:     float32 (N, O, Ho, Wo), contiguous (NCHW) or, with out_cl, channels_last
+//            (memory order N, Ho, Wo, O)
 struct ConvProblem {
   const uint64_t* x = nullptr;
   int64_t N = 0, H = 0, W = 0, words = 0, C = 0;
@@ -34,6 +35,7 @@ struct ConvProblem {
   const float* scale = nullptr;  // (opad,) (zeros past O) or null
   const float* ones = nullptr;   // (opad,) of 1.0f, used where scale is null
   float* out = nullptr;
+  bool out_cl = false;
   // Direct path (RowsLayout), when xs is set: conv_block reads the taps from xs at
   // xoff instead of building im2col rows from x.
   const uint64_t* xs = nullptr;
@@ -76,9 +78,10 @@ void rows_offsets(const ConvProblem& P, int split, int64_t* xoff);
 // Per output pixel of a conv_block: where its output goes and which taps are in frame.
 struct RowInfo {
   int64_t kin;                 // C * (number of in-frame taps): the length of this dot
-  int64_t out_base;            // n*O*Ho*Wo + ho*Wo + wo
+  int64_t out_base;            // n*O*Ho*Wo + ho*Wo + wo (NCHW), ((n*Ho + ho)*Wo + wo)*O (out_cl)
   int64_t border;              // 0: all taps in frame
   int64_t s11, s01, s10, s00;  // wrect rows of the in-frame rectangle [i0,i1) x [j0,j1)
+  int64_t run;                 // pixels r, r+1, .. consecutive in one output image from here
 };
 
 // conv_block's scratch for a block of `rows` output pixels, carved from

@@ -188,7 +188,7 @@ void check_packed_pair(const char* op, const at::Tensor& x_bits, const char* x_d
 
 at::Tensor xnor_conv2d_cuda(const at::Tensor& x_bits, const at::Tensor& w_bits, const std::optional<at::Tensor>& scale,
                             int64_t in_channels, at::IntArrayRef stride, at::IntArrayRef padding,
-                            at::IntArrayRef dilation) {
+                            at::IntArrayRef dilation, bool channels_last) {
   const char* op = "xnor_conv2d";
   check_packed_pair(op, x_bits, "x_bits (N, H, W, words)", w_bits, "w_bits (O, kh, kw, words)", 4);
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
@@ -198,7 +198,8 @@ at::Tensor xnor_conv2d_cuda(const at::Tensor& x_bits, const at::Tensor& w_bits, 
                   padding[1] >= 0,
               "irnet::xnor_conv2d: expected stride >= 1, dilation >= 1, padding >= 0, got stride ", stride,
               ", padding ", padding, ", dilation ", dilation);
-  TORCH_CHECK(in_channels >= 0, "irnet::xnor_conv2d: expected in_channels >= 0, got ", in_channels);
+  // one rule with the CPU kernel: a dot over no channels is not a convolution
+  TORCH_CHECK(in_channels >= 1, "irnet::xnor_conv2d: expected in_channels >= 1, got ", in_channels);
   const int64_t words = words_for(in_channels);
   TORCH_CHECK(x_bits.size(3) == words && w_bits.size(3) == words, "irnet::xnor_conv2d: expected ", words,
               " words per position for in_channels = ", in_channels, ", got x_bits ", x_bits.sizes(), " and w_bits ",
@@ -225,7 +226,7 @@ at::Tensor xnor_conv2d_cuda(const at::Tensor& x_bits, const at::Tensor& w_bits, 
   const auto scale32 = scale_f32(op, scale, O, x_bits);
 
   at::Tensor y = at::empty({N, O, Ho, Wo}, x_bits.options().dtype(at::kFloat));
-  if (y.numel() == 0) return y;
+  if (y.numel() == 0) return channels_last ? y.contiguous(at::MemoryFormat::ChannelsLast) : y;
   const at::Tensor xb = x_bits.contiguous();
   const at::Tensor wb = w_bits.contiguous();
   ConvGeometry g{};
@@ -240,14 +241,16 @@ at::Tensor xnor_conv2d_cuda(const at::Tensor& x_bits, const at::Tensor& w_bits, 
   g.channels = static_cast<int>(in_channels);
   g.tail = irnet::core::tail_mask(in_channels);
   launch_xnor(xb, wb, scale32, y, g);
-  return y;
+  // the kernel writes NCHW; channels_last is one more pass (a native NHWC epilogue
+  // would save it)
+  return channels_last ? y.contiguous(at::MemoryFormat::ChannelsLast) : y;
 }
 
 at::Tensor xnor_linear_cuda(const at::Tensor& x_bits, const at::Tensor& w_bits, const std::optional<at::Tensor>& scale,
                             int64_t in_features) {
   const char* op = "xnor_linear";
   check_packed_pair(op, x_bits, "x_bits (N, words)", w_bits, "w_bits (O, words)", 2);
-  TORCH_CHECK(in_features >= 0, "irnet::xnor_linear: expected in_features >= 0, got ", in_features);
+  TORCH_CHECK(in_features >= 1, "irnet::xnor_linear: expected in_features >= 1, got ", in_features);
   const int64_t words = words_for(in_features);
   TORCH_CHECK(x_bits.size(1) == words && w_bits.size(1) == words, "irnet::xnor_linear: expected ", words,
               " words per row for in_features = ", in_features, ", got x_bits ", x_bits.sizes(), " and w_bits ",

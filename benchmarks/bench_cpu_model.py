@@ -1,0 +1,163 @@
+"""Whole-network CPU inference: the packed model of irnet.deploy.convert against the
+float network of the same architecture, in NCHW and in channels_last.
+
+    python benchmarks/bench_cpu_model.py [--quick] [--threads N] [--out benchmarks/results/cpu_model]
+
+For each network and batch it times (eval mode, torch.no_grad(), same thread count):
+  * float     the same architecture with real-valued weights and activations: every
+              IRConv2d / IRLinear replaced by nn.Conv2d / nn.Linear holding its latent
+              weight (what a user would deploy without binarization);
+  * packed    irnet.deploy.convert(model): XNOR-popcount layers on bit-packed weights,
+              BatchNorm / activations / the float stem and shortcuts as in the model;
+each once with an NCHW input and once with the model and input in channels_last (the
+layout in which PyTorch's CPU pooling and oneDNN's convolutions are fastest, and in
+which irnet's packing needs no transpose and its conv writes NHWC directly).  Medians
+over round-robin repeats after warmup (one of each variant per round, so that load from
+other processes hits all alike); the fastest repeat is reported too.  The packed and
+float models get the same random input; their predictions are not compared here (the
+float network is a different function: tests/test_api.py checks packed == binary model).
+Writes <out>.json and <out>.png.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
+import irnet  # noqa: E402
+from irnet import deploy, models  # noqa: E402
+from irnet.nn import IRConv2d, IRLinear  # noqa: E402
+from machine import cpu_name, loadavg  # noqa: E402
+
+# (model, input size, batches)
+NETS = [("resnet18_1w1a", 224, (1, 16)), ("resnet20_1w1a", 32, (1, 128))]
+QUICK_NETS = [("resnet18_1w1a", 224, (1,)), ("resnet20_1w1a", 32, (1,))]
+
+
+def float_twin(model: nn.Module) -> nn.Module:
+    """The model with each binary layer replaced by a float layer of the same shape and
+    latent weight: the full-precision network of the same architecture."""
+    twin = copy.deepcopy(model).eval()
+
+    def replace(module: nn.Module):
+        for name, child in module.named_children():
+            if isinstance(child, IRConv2d):
+                new = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                                child.dilation, child.groups, bias=child.bias is not None)
+            elif isinstance(child, IRLinear):
+                new = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
+            else:
+                replace(child)
+                continue
+            new.weight.data.copy_(child.weight.data)
+            if child.bias is not None:
+                new.bias.data.copy_(child.bias.data)
+            setattr(module, name, new)
+
+    replace(twin)
+    return twin
+
+
+def time_round_robin(fns: dict, repeats: int, warmup: int = 2):
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in samples.items()}, {k: min(v) for k, v in samples.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="batch 1 only, fewer repeats")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--out", default=os.path.join("benchmarks", "results", "cpu_model"), help="output path prefix")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    repeats = args.repeats or (3 if args.quick else 7)
+    load_start = loadavg()
+
+    rows = []
+    for name, size, batches in (QUICK_NETS if args.quick else NETS):
+        model = models.create(name).eval()
+        with torch.no_grad():  # non-trivial BatchNorm statistics
+            model.train()(torch.randn(8, 3, size, size))
+        model.eval()
+        nets = {"float": float_twin(model), "packed": deploy.convert(model)}
+        nets_cl = {k: copy.deepcopy(m).to(memory_format=torch.channels_last) for k, m in nets.items()}
+        for batch in batches:
+            x = torch.randn(batch, 3, size, size)
+            x_cl = x.contiguous(memory_format=torch.channels_last)
+            fns = {}
+            for k in nets:
+                fns[f"{k}/nchw"] = (lambda m=nets[k]: m(x))
+                fns[f"{k}/channels_last"] = (lambda m=nets_cl[k]: m(x_cl))
+            with torch.no_grad():
+                med, best = time_round_robin(fns, repeats)
+            row = {"model": name, "input": [batch, 3, size, size], "time_s": med, "time_min_s": best}
+            for fmt in ("nchw", "channels_last"):
+                row[f"speedup_{fmt}"] = med[f"float/{fmt}"] / med[f"packed/{fmt}"]
+            # the packed model in its faster layout against the float model in its faster one
+            row["speedup_best_vs_best"] = min(med["float/nchw"], med["float/channels_last"]) / min(
+                med["packed/nchw"], med["packed/channels_last"])
+            rows.append(row)
+            print(f"{name} b{batch:<3} float {med['float/nchw']*1e3:8.1f} / {med['float/channels_last']*1e3:8.1f} ms   "
+                  f"packed {med['packed/nchw']*1e3:8.1f} / {med['packed/channels_last']*1e3:8.1f} ms   "
+                  f"(nchw / channels_last)   speedup {row['speedup_nchw']:.2f}x / {row['speedup_channels_last']:.2f}x, "
+                  f"best layout vs best layout {row['speedup_best_vs_best']:.2f}x", flush=True)
+
+    result = {
+        "benchmark": "cpu_model",
+        "machine": {"cpu": cpu_name(), "platform": platform.platform(), "torch": torch.__version__,
+                    "irnet_simd": irnet.ops.cpu_simd_level(), "threads": args.threads},
+        "repeats": repeats,
+        "load_average": {"start": load_start, "end": loadavg()},
+        "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "rows": rows,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"wrote {args.out}.json (matplotlib missing: no chart)")
+        return
+    labels = [f"{r['model'].split('_')[0]}\nbatch {r['input'][0]}" for r in rows]
+    xs = range(len(rows))
+    fig, ax = plt.subplots(figsize=(1.8 * len(rows) + 2, 4))
+    w = 0.38
+    ax.bar([i - w / 2 for i in xs], [r["speedup_nchw"] for r in rows], w, label="NCHW")
+    ax.bar([i + w / 2 for i in xs], [r["speedup_channels_last"] for r in rows], w, label="channels_last")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xticks(list(xs), labels)
+    ax.set_ylabel("packed speedup over the float network")
+    ax.set_title(f"whole-network CPU inference, {args.threads} thread(s), {cpu_name()}", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(args.out + ".png", dpi=120)
+    print(f"wrote {args.out}.json and {args.out}.png")
+
+
+if __name__ == "__main__":
+    main()
