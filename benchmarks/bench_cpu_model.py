@@ -11,7 +11,10 @@ For each network and batch it times (eval mode, torch.no_grad(), same thread cou
               BatchNorm / activations / the float stem and shortcuts as in the model;
 each once with an NCHW input and once with the model and input in channels_last (the
 layout in which PyTorch's CPU pooling and oneDNN's convolutions are fastest, and in
-which irnet's packing needs no transpose and its conv writes NHWC directly).  Medians
+which irnet's packing needs no transpose and its conv writes NHWC directly), and, unless
+--no-compile, both channels_last models once more under torch.compile (inductor fuses
+the BatchNorm / residual add / hardtanh passes around the convolutions; irnet's ops are
+opaque custom ops with fake kernels, so the packed model compiles as a whole graph).  Medians
 over round-robin repeats after warmup (one of each variant per round, so that load from
 other processes hits all alike); the fastest repeat is reported too.  The packed and
 float models get the same random input; their predictions are not compared here (the
@@ -87,6 +90,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="batch 1 only, fewer repeats")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     ap.add_argument("--out", default=os.path.join("benchmarks", "results", "cpu_model"), help="output path prefix")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -102,6 +106,7 @@ def main():
         model.eval()
         nets = {"float": float_twin(model), "packed": deploy.convert(model)}
         nets_cl = {k: copy.deepcopy(m).to(memory_format=torch.channels_last) for k, m in nets.items()}
+        nets_compiled = {} if args.no_compile else {k: torch.compile(m) for k, m in nets_cl.items()}
         for batch in batches:
             x = torch.randn(batch, 3, size, size)
             x_cl = x.contiguous(memory_format=torch.channels_last)
@@ -109,19 +114,27 @@ def main():
             for k in nets:
                 fns[f"{k}/nchw"] = (lambda m=nets[k]: m(x))
                 fns[f"{k}/channels_last"] = (lambda m=nets_cl[k]: m(x_cl))
+                if nets_compiled:
+                    fns[f"{k}/compiled"] = (lambda m=nets_compiled[k]: m(x_cl))
             with torch.no_grad():
+                if nets_compiled:  # compile (per batch size) before timing
+                    t0 = time.perf_counter()
+                    for k in nets_compiled:
+                        fns[f"{k}/compiled"]()
+                    print(f"  (torch.compile of both {name} models for batch {batch}: {time.perf_counter() - t0:.0f} s)",
+                          flush=True)
                 med, best = time_round_robin(fns, repeats)
             row = {"model": name, "input": [batch, 3, size, size], "time_s": med, "time_min_s": best}
-            for fmt in ("nchw", "channels_last"):
+            fmts = ("nchw", "channels_last") + (("compiled",) if nets_compiled else ())
+            for fmt in fmts:
                 row[f"speedup_{fmt}"] = med[f"float/{fmt}"] / med[f"packed/{fmt}"]
             # the packed model in its faster layout against the float model in its faster one
-            row["speedup_best_vs_best"] = min(med["float/nchw"], med["float/channels_last"]) / min(
-                med["packed/nchw"], med["packed/channels_last"])
+            row["speedup_best_vs_best"] = min(med[f"float/{f}"] for f in fmts) / min(med[f"packed/{f}"] for f in fmts)
             rows.append(row)
-            print(f"{name} b{batch:<3} float {med['float/nchw']*1e3:8.1f} / {med['float/channels_last']*1e3:8.1f} ms   "
-                  f"packed {med['packed/nchw']*1e3:8.1f} / {med['packed/channels_last']*1e3:8.1f} ms   "
-                  f"(nchw / channels_last)   speedup {row['speedup_nchw']:.2f}x / {row['speedup_channels_last']:.2f}x, "
-                  f"best layout vs best layout {row['speedup_best_vs_best']:.2f}x", flush=True)
+            print(f"{name} b{batch}: " + "   ".join(
+                f"{fmt}: float {med[f'float/{fmt}']*1e3:.1f} ms, packed {med[f'packed/{fmt}']*1e3:.1f} ms, "
+                f"{row[f'speedup_{fmt}']:.2f}x" for fmt in fmts) + f"   | fastest vs fastest {row['speedup_best_vs_best']:.2f}x",
+                flush=True)
 
     result = {
         "benchmark": "cpu_model",
@@ -146,9 +159,11 @@ def main():
     labels = [f"{r['model'].split('_')[0]}\nbatch {r['input'][0]}" for r in rows]
     xs = range(len(rows))
     fig, ax = plt.subplots(figsize=(1.8 * len(rows) + 2, 4))
-    w = 0.38
-    ax.bar([i - w / 2 for i in xs], [r["speedup_nchw"] for r in rows], w, label="NCHW")
-    ax.bar([i + w / 2 for i in xs], [r["speedup_channels_last"] for r in rows], w, label="channels_last")
+    variants = [("nchw", "NCHW"), ("channels_last", "channels_last"), ("compiled", "channels_last + torch.compile")]
+    variants = [v for v in variants if f"speedup_{v[0]}" in rows[0]]
+    w = 0.8 / len(variants)
+    for j, (key, label) in enumerate(variants):
+        ax.bar([i + (j - (len(variants) - 1) / 2) * w for i in xs], [r[f"speedup_{key}"] for r in rows], w, label=label)
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xticks(list(xs), labels)
     ax.set_ylabel("packed speedup over the float network")
