@@ -113,14 +113,16 @@ def test_deploy_convert_predicts_exactly_the_same(name):
     with torch.no_grad():
         assert torch.equal(packed(x), model(x))
         # channels_last end to end (the fast layout on the CPU): the same predictions; the
-        # logits agree to float rounding only, because the global average pool sums in
-        # another order over an NHWC tensor (every layer before it is exact: see
-        # test_xnor_cpu for the channels_last conv output)
+        # logits agree to float rounding only, because the float layers (the global
+        # average pool; every conv of a 1w32a model) sum in another order over NHWC
+        # tensors (the binary layers are exact: see test_xnor_cpu's channels_last output)
         x_cl = x.contiguous(memory_format=torch.channels_last)
         packed_cl = irnet.deploy.convert(model).to(memory_format=torch.channels_last)
-        y_cl = packed_cl(x_cl)
-        torch.testing.assert_close(y_cl, model(x), rtol=1e-5, atol=1e-5)
-        assert torch.equal(y_cl.argmax(1), model(x).argmax(1))
+        y_cl, y = packed_cl(x_cl), model(x)
+        torch.testing.assert_close(y_cl, y, rtol=1e-3, atol=1e-5)
+        top2 = y.topk(2, dim=1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 1e-2 * top2[:, 0].abs()  # no near-tie
+        assert torch.equal(y_cl.argmax(1)[clear], y.argmax(1)[clear])
     n_packed = len(irnet.deploy.packed_layers(packed))
     assert n_packed == (len(irnet.binary_layers(model)) if name.endswith("1w1a") else 0)
     assert not irnet.binary_layers(packed)
