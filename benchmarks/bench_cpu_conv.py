@@ -15,8 +15,9 @@ the weight bits each call, so xnor and packed time a deployed layer's steady sta
   * float32     torch.nn.functional.conv2d, same input, same thread count;
   * reference   irnet.reference.xnor_conv2d_bits (small layers only: it is slow).
 Timings are medians over repeats taken round-robin (one of each method per round, so
-that load from other processes hits all methods alike), after warmup; the targets use
-the medians, and the same figures from each method's fastest repeat are reported too
+that load from other processes hits all methods alike; the order rotates every round),
+after warmup; the targets use the medians, and the same figures from each method's
+fastest repeat are reported too
 (the machine is shared: other processes can only slow a repeat down).
 
 Binary MAC/s counts C_in*kh*kw*C_out*Ho*Wo*N multiply-accumulates of +-1 values.  The
@@ -60,10 +61,14 @@ def time_round_robin(fns: dict, repeats: int, warmup: int = 2, best: dict | None
         for _ in range(warmup):
             fn()
     samples = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        # rotate the order every round: a method must not always run right after the same
+        # one (right after float32's big output is freed, the next large allocation comes
+        # back as fresh pages, and page faults, from the C allocator)
+        for k in names[r % len(names):] + names[:r % len(names)]:
             t0 = time.perf_counter()
-            fn()
+            fns[k]()
             samples[k].append(time.perf_counter() - t0)
     if best is not None:  # also the fastest repeat of each method (load can only slow one down)
         best.update({k: min(v) for k, v in samples.items()})

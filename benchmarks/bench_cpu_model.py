@@ -14,11 +14,12 @@ layout in which PyTorch's CPU pooling and oneDNN's convolutions are fastest, and
 which irnet's packing needs no transpose and its conv writes NHWC directly), and, unless
 --no-compile, both channels_last models once more under torch.compile (inductor fuses
 the BatchNorm / residual add / hardtanh passes around the convolutions; irnet's ops are
-opaque custom ops with fake kernels, so the packed model compiles as a whole graph).  Medians
-over round-robin repeats after warmup (one of each variant per round, so that load from
-other processes hits all alike); the fastest repeat is reported too.  The packed and
-float models get the same random input; their predictions are not compared here (the
-float network is a different function: tests/test_api.py checks packed == binary model).
+opaque custom ops with fake kernels, so the packed model compiles as a whole graph).
+Medians over round-robin repeats after warmup (one of each variant per round, in an
+order that rotates every round, so that load from other processes hits all alike); the
+fastest repeat is reported too.  The packed and float models get the same random input;
+their predictions are not compared here (the float network is a different function:
+tests/test_api.py checks packed == binary model).
 Writes <out>.json and <out>.png.
 """
 from __future__ import annotations
@@ -77,10 +78,11 @@ def time_round_robin(fns: dict, repeats: int, warmup: int = 2):
         for _ in range(warmup):
             fn()
     samples = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):  # the order rotates every round (see bench_cpu_conv.py)
+        for k in names[r % len(names):] + names[:r % len(names)]:
             t0 = time.perf_counter()
-            fn()
+            fns[k]()
             samples[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in samples.items()}, {k: min(v) for k, v in samples.items()}
 
