@@ -305,3 +305,60 @@ def test_python_level_api_without_kernels_is_graceful():
 # csrc/cpu/xnor_level_impl.inc, csrc/core/*.h).  A tensor whose *index* passes 2^31
 # needs >= 8 GiB of float32 here (or a 2^31-word packed output, 16 GiB), more than
 # the CI machines hold, so no test allocates one; offsets are computed in int64_t.
+
+
+# --------------------------------------------------------------------------- > 2^31 elements
+# Each needs ~9 GB of memory (~20 s on 2 cores): they run where at least 14 GiB are
+# available (IRNET_TEST_LARGE=0 skips them, =1 runs them regardless).
+def _mem_available_gib() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+_LARGE = os.environ.get("IRNET_TEST_LARGE")
+needs_large = pytest.mark.skipif(
+    _LARGE == "0" or (_LARGE != "1" and _mem_available_gib() < 14),
+    reason="needs ~9 GB of memory: runs where 14 GiB are available, or with IRNET_TEST_LARGE=1")
+
+
+@needs_kernels
+@needs_large
+def test_pack_bits_over_2_31_elements():
+    # (1, 64, P): the element (c, p) sits at c*P + p, past 2^31 for c = 63 near the end
+    P = 2**25 + 2**20
+    x = torch.ones(1, 64, P)
+    assert x.numel() > 2**31 and 63 * P > 2**31
+    x[:, :, :777] = rand_pm(1, 64, 777)
+    x[:, :, -777:] = rand_pm(1, 64, 777)
+    got = torch.ops.irnet.pack_bits(x)
+    assert got.shape == (1, P, 1)
+    assert torch.equal(got[:, :777], ref.pack_bits(x[:, :, :777]))
+    assert torch.equal(got[:, -777:], ref.pack_bits(x[:, :, -777:]))
+    assert bool((got[:, 777:-777] == 0).all())  # all +1: no sign bit set
+
+
+@needs_kernels
+@needs_large
+def test_xnor_conv2d_over_2_31_output_elements():
+    # 3x3, padding 1, 64 -> 64 channels on a 65536 x 513 map: 2.15e9 outputs
+    H, W, C, O = 2**16, 513, 64, 64
+    assert O * H * W > 2**31
+    xb = ref.pack_bits(rand_pm(1, C, 8, W))  # 8 distinct rows, tiled over the height
+    xb = xb.repeat(1, H // 8, 1, 1)
+    wb = ref.pack_bits(rand_pm(O, C, 3, 3))
+    scale = pow2_scale(O)
+    out = torch.ops.irnet.xnor_conv2d(xb, wb, scale, C, [1, 1], [1, 1], [1, 1])
+    assert out.shape == (1, O, H, W) and out.numel() > 2**31
+    # the last rows (channel 63 there lies past 2^31) against the reference on a crop: rows
+    # H-4.. of the input give the right last three output rows (row H-1 sees the bottom
+    # padding in both)
+    want = ref.xnor_conv2d_bits(xb[:, -4:].contiguous(), wb, scale, C, (1, 1), (1, 1), (1, 1))
+    assert torch.equal(out[:, :, -3:], want[:, :, 1:])
+    want0 = ref.xnor_conv2d_bits(xb[:, :4].contiguous(), wb, scale, C, (1, 1), (1, 1), (1, 1))
+    assert torch.equal(out[:, :, :3], want0[:, :, :3])
