@@ -33,9 +33,7 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +44,7 @@ from irnet import ops, reference as ref  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import cpu_name  # noqa: E402
+from timing import time_round_robin  # noqa: E402
 
 # (network, channels, spatial size): every 3x3 stride-1 pad-1 C->C layer of the nets
 LAYERS = [
@@ -54,25 +53,6 @@ LAYERS = [
     ("vgg_small", 128, 32), ("vgg_small", 256, 16), ("vgg_small", 512, 8),
 ]
 REFERENCE_MAX_MACS = 60e6  # the reference runs only below this many MACs
-
-
-def time_round_robin(fns: dict, repeats: int, warmup: int = 2, best: dict | None = None) -> dict:
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples = {k: [] for k in fns}
-    names = list(fns)
-    for r in range(repeats):
-        # rotate the order every round: a method must not always run right after the same
-        # one (right after float32's big output is freed, the next large allocation comes
-        # back as fresh pages, and page faults, from the C allocator)
-        for k in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            fns[k]()
-            samples[k].append(time.perf_counter() - t0)
-    if best is not None:  # also the fastest repeat of each method (load can only slow one down)
-        best.update({k: min(v) for k, v in samples.items()})
-    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def measure_peak(tries: int = 7) -> float:
@@ -132,8 +112,7 @@ def main(argv=None):
             macs = batch * c * c * 9 * hw * hw
             if macs <= REFERENCE_MAX_MACS:
                 fns["reference"] = lambda: ref.xnor_conv2d_bits(xb, pw.bits, None, c, (1, 1), (1, 1), (1, 1))
-            tmin = {}
-            t = time_round_robin(fns, repeats if macs > 1e6 else 3 * repeats, best=tmin)
+            t, tmin = time_round_robin(fns, repeats if macs > 1e6 else 3 * repeats)
             row = {
                 "net": net, "channels": c, "size": hw, "batch": batch, "macs": macs,
                 "time_s": t,

@@ -29,7 +29,6 @@ import copy
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -43,6 +42,7 @@ import irnet  # noqa: E402
 from irnet import deploy, models  # noqa: E402
 from irnet.nn import IRConv2d, IRLinear  # noqa: E402
 from machine import cpu_name, loadavg  # noqa: E402
+from timing import time_round_robin  # noqa: E402
 
 # (model, input size, batches)
 NETS = [("resnet18_1w1a", 224, (1, 16)), ("resnet20_1w1a", 32, (1, 128))]
@@ -71,20 +71,6 @@ def float_twin(model: nn.Module) -> nn.Module:
 
     replace(twin)
     return twin
-
-
-def time_round_robin(fns: dict, repeats: int, warmup: int = 2):
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples = {k: [] for k in fns}
-    names = list(fns)
-    for r in range(repeats):  # the order rotates every round (see bench_cpu_conv.py)
-        for k in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            fns[k]()
-            samples[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in samples.items()}, {k: min(v) for k, v in samples.items()}
 
 
 def main():

@@ -258,8 +258,7 @@ int64_t conv_scratch_words(const ConvProblem& P, int64_t rows) {
   return rows * (kMaxNR / 2 + info_words + 1 + 2 * P.kh * P.kw * P.words);
 }
 
-ConvScratch conv_scratch(const ConvProblem& P, uint64_t* scratch, int64_t rows) {
-  (void)P;
+ConvScratch conv_scratch(uint64_t* scratch, int64_t rows) {
   ConvScratch S;
   S.ybuf = reinterpret_cast<float*>(scratch);
   S.info = reinterpret_cast<RowInfo*>(scratch + rows * (kMaxNR / 2));

@@ -96,7 +96,7 @@ struct ConvScratch {
   uint64_t* patch;
 };
 int64_t conv_scratch_words(const ConvProblem& P, int64_t rows);
-ConvScratch conv_scratch(const ConvProblem& P, uint64_t* scratch, int64_t rows);
+ConvScratch conv_scratch(uint64_t* scratch, int64_t rows);
 
 // Re-lays w_bits (O, L) row-major into panels [ceil(O/nr)][L][split][nr] (zeros past
 // O; split 2 stores each word as its nibble halves w & 0x0F.., (w >> 4) & 0x0F..) and
