@@ -43,7 +43,7 @@ import irnet  # noqa: E402
 from irnet import ops, reference as ref  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import cpu_name  # noqa: E402
+from machine import cpu_name, keep_freed_memory  # noqa: E402
 from timing import time_round_robin  # noqa: E402
 
 # (network, channels, spatial size): every 3x3 stride-1 pad-1 C->C layer of the nets
@@ -71,6 +71,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="batch 1 only, fewer repeats")
     ap.add_argument("--out", default=os.path.join("benchmarks", "results", "cpu_conv"), help="output path prefix")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--malloc", choices=["default", "keep"], default="default",
+                    help="keep: glibc malloc keeps freed memory (as jemalloc/tcmalloc do), so big "
+                         "outputs come back without page faults (see machine.keep_freed_memory)")
     ap.add_argument("--level", default=None, help="SIMD level (default: the best this CPU runs)")
     ap.add_argument("--repeats", type=int, default=None)
     args = ap.parse_args(argv)
@@ -78,6 +81,8 @@ def main(argv=None):
     if not ops.has_compiled_kernel("xnor_conv2d", "cpu"):
         sys.exit("irnet's compiled CPU kernels are not built: nothing to benchmark")
     torch.set_num_threads(args.threads)
+    if args.malloc == "keep" and not keep_freed_memory():
+        sys.exit("--malloc keep needs glibc's mallopt")
     if args.level:
         ops.set_cpu_simd_level(args.level)
     level = ops.cpu_simd_level()
@@ -87,7 +92,7 @@ def main(argv=None):
     load_start = os.getloadavg()[0]
     peak_start = measure_peak()
     print(f"irnet CPU XNOR conv benchmark: {cpu_name()}, {args.threads} threads, SIMD level {level}, "
-          f"torch {torch.__version__}, load average {load_start:.2f}")
+          f"torch {torch.__version__}, malloc {args.malloc}, load average {load_start:.2f}")
     print(f"binary peak at start (register tile, L1-resident, all threads): {peak_start / 1e9:.0f} GMAC/s\n")
     peak = peak_start  # refined at the end: the best of both probes
     hdr = (f"{'layer':<22}{'float32':>10}{'xnor':>10}{'+wpack':>10}{'packed':>10}{'ref':>10}"
@@ -166,7 +171,7 @@ def main(argv=None):
           f"min {deep_min * 100:.0f}% of the binary peak (load average now {os.getloadavg()[0]:.2f})")
 
     result = {
-        "machine": {"cpu": cpu_name(), "threads": args.threads, "simd_level": level, "simd_levels": ops.cpu_simd_levels(),
+        "machine": {"cpu": cpu_name(), "threads": args.threads, "malloc": args.malloc, "simd_level": level, "simd_levels": ops.cpu_simd_levels(),
                     "torch": torch.__version__, "load_average_start": load_start, "python": platform.python_version()},
         "peak_binary_macs_per_s": peak,
         "peak_binary_macs_per_s_start_end": [peak_start, peak_end],

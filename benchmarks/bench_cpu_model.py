@@ -41,7 +41,7 @@ sys.path.insert(0, HERE)
 import irnet  # noqa: E402
 from irnet import deploy, models  # noqa: E402
 from irnet.nn import IRConv2d, IRLinear  # noqa: E402
-from machine import cpu_name, loadavg  # noqa: E402
+from machine import cpu_name, keep_freed_memory, loadavg  # noqa: E402
 from timing import time_round_robin  # noqa: E402
 
 # (model, input size, batches)
@@ -77,11 +77,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="batch 1 only, fewer repeats")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--malloc", choices=["default", "keep"], default="default",
+                    help="keep: glibc malloc keeps freed memory (as jemalloc/tcmalloc do), so big "
+                         "outputs come back without page faults (see machine.keep_freed_memory)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     ap.add_argument("--out", default=os.path.join("benchmarks", "results", "cpu_model"), help="output path prefix")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.malloc == "keep" and not keep_freed_memory():
+        sys.exit("--malloc keep needs glibc's mallopt")
     torch.manual_seed(0)
     repeats = args.repeats or (3 if args.quick else 7)
     load_start = loadavg()
@@ -127,7 +132,7 @@ def main():
     result = {
         "benchmark": "cpu_model",
         "machine": {"cpu": cpu_name(), "platform": platform.platform(), "torch": torch.__version__,
-                    "irnet_simd": irnet.ops.cpu_simd_level(), "threads": args.threads},
+                    "irnet_simd": irnet.ops.cpu_simd_level(), "threads": args.threads, "malloc": args.malloc},
         "repeats": repeats,
         "load_average": {"start": load_start, "end": loadavg()},
         "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

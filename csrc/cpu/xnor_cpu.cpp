@@ -140,8 +140,9 @@ void pack_impl(const Tensor& x, Tensor& out, MaskFn<T> mask) {
     return;
   }
   const int64_t pblocks = (P + 63) / 64;
-  // grain: 64 blocks (256K values) per thread at least; a parallel region costs a wake-up
-  at::parallel_for(0, N * words * pblocks, 64, [&](int64_t b, int64_t e) {
+  // grain: 16 blocks (64K values, ~10 us) per thread at least; a parallel region costs
+  // a wake-up of the pool's threads (a few us while they spin between ops)
+  at::parallel_for(0, N * words * pblocks, 16, [&](int64_t b, int64_t e) {
     alignas(64) uint64_t m[64];
     for (int64_t t = b; t < e; ++t) {
       const int64_t pb = t % pblocks, nw = t / pblocks;
@@ -252,10 +253,10 @@ WeightLayout build_layout(const Tensor& w_bits, const ConvProblem& P, const Leve
   const int64_t npan = (P.O + k->nr - 1) / k->nr;
   WeightLayout out;
   out.panels = at::empty({npan * L * k->nr * k->split}, w_bits.options());
-  out.wrect = at::empty({(P.kh + 1) * (P.kw + 1) * npan * k->nr}, w_bits.options());
+  out.wrect = at::empty({(P.kh + 1) * (P.kw + 1) * npan * k->nr}, w_bits.options().dtype(at::kInt));
   const uint64_t* wsrc = reinterpret_cast<const uint64_t*>(w_bits.const_data_ptr<int64_t>());
   uint64_t* pdst = reinterpret_cast<uint64_t*>(out.panels.data_ptr<int64_t>());
-  int64_t* rdst = out.wrect.data_ptr<int64_t>();
+  int32_t* rdst = out.wrect.data_ptr<int32_t>();
   at::parallel_for(0, npan, std::max<int64_t>(1, 8192 / (L * k->nr)), [&](int64_t b, int64_t e) {
     pack_weight_panels(wsrc, P.O, P.kh, P.kw, P.words, k->nr, k->split, b, e, pdst, rdst);
   });
@@ -325,7 +326,7 @@ void run_conv(ConvProblem& P, const Tensor& w_bits, const Tensor& scale) {
   }
   const WeightLayout lay = weight_layout(w_bits, P, k);
   P.wpanel = reinterpret_cast<const uint64_t*>(lay.panels.const_data_ptr<int64_t>());
-  P.wrect = lay.wrect.const_data_ptr<int64_t>();
+  P.wrect = lay.wrect.const_data_ptr<int32_t>();
 
   // Direct path (everything but the 1x1 / linear case, whose rows are the input pixels
   // already): the activations once as zero-padded stored-form rows, read in place by

@@ -35,9 +35,36 @@ namespace cpu {
     static IRNET_INLINE acc zero() { return 0; }                                          \
     static IRNET_INLINE acc add_pop(acc s, vec v) { return s + uint64_t(__builtin_popcountll(v)); } \
     static IRNET_INLINE void flush(acc s, int64_t* out, bool first) { out[0] = (first ? 0 : out[0]) + int64_t(s); }         \
-    /* y[q] = float(kin - 2*cnt[q]) * sc[q], q < NR (the epilogue, see conv_block) */    \
-    static IRNET_INLINE void finish(const int64_t* cnt, int32_t kin, const float* sc, float* y) { \
-      for (int q = 0; q < V * LANES; ++q) y[q] = float(kin - 2 * int32_t(cnt[q])) * sc[q];      \
+    /* NR int32 lanes: the counts of a tile row, and the epilogue's per-channel bias */   \
+    struct ivec {                                                                         \
+      int32_t v[V * LANES];                                                               \
+    };                                                                                    \
+    static IRNET_INLINE ivec counts(const acc* a, const int64_t* prev) {                  \
+      ivec c;                                                                             \
+      for (int q = 0; q < V * LANES; ++q) c.v[q] = int32_t(int64_t(a[q]) + (prev ? prev[q] : 0)); \
+      return c;                                                                           \
+    }                                                                                     \
+    static IRNET_INLINE ivec iset1(int32_t v) {                                           \
+      ivec c;                                                                             \
+      for (int q = 0; q < V * LANES; ++q) c.v[q] = v;                                     \
+      return c;                                                                           \
+    }                                                                                     \
+    static IRNET_INLINE ivec iload(const int32_t* p) {                                    \
+      ivec c;                                                                             \
+      for (int q = 0; q < V * LANES; ++q) c.v[q] = p[q];                                  \
+      return c;                                                                           \
+    }                                                                                     \
+    static IRNET_INLINE ivec iadd(ivec a, ivec b) {                                       \
+      for (int q = 0; q < V * LANES; ++q) a.v[q] += b.v[q];                               \
+      return a;                                                                           \
+    }                                                                                     \
+    static IRNET_INLINE ivec isub(ivec a, ivec b) {                                       \
+      for (int q = 0; q < V * LANES; ++q) a.v[q] -= b.v[q];                               \
+      return a;                                                                           \
+    }                                                                                     \
+    /* y[q] = float(bias[q] - 2*cnt[q]) * sc[q], q < NR (the epilogue, see conv_block) */ \
+    static IRNET_INLINE void finish(ivec cnt, ivec bias, const float* sc, float* y) {     \
+      for (int q = 0; q < V * LANES; ++q) y[q] = float(bias.v[q] - 2 * cnt.v[q]) * sc[q]; \
     }                                                                                     \
     /* out[q*stride + p] = y[p*NR + q], p < 8, q < NR (NR = V*LANES = 4) */               \
     static IRNET_INLINE void store_cols(const float* y, float* out, int64_t stride) {     \
@@ -150,14 +177,27 @@ struct Ops {
     }
   }
   static IRNET_INLINE void store_cols(const float* y, float* out, int64_t stride) { transpose8_store(y, NR_, out, stride); }
-  // y[q] = float(kin - 2*cnt[q]) * sc[q] for the 8 lanes: the int64 counts (< 2^31)
-  // narrowed to int32 by taking the even dwords of each half
-  static IRNET_INLINE void finish(const int64_t* cnt, int32_t kin, const float* sc, float* y) {
-    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
-    const __m256i c0 = _mm256_permutevar8x32_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(cnt)), even);
-    const __m256i c1 = _mm256_permutevar8x32_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(cnt + 4)), even);
-    const __m256i c = _mm256_blend_epi32(c0, c1, 0xF0);
-    const __m256i d = _mm256_sub_epi32(_mm256_set1_epi32(kin), _mm256_slli_epi32(c, 1));
+  // The 8 counts of a tile row, in registers: VPSADBW sums each 64-bit lane's bytes
+  // (plus the earlier chunks' int64 counts, if any); the counts (< 2^31) are the low
+  // dwords, gathered by SHUFPS (channels 0 1 4 5 | 2 3 6 7) and VPERMQ (0..7).
+  using ivec = __m256i;
+  static IRNET_INLINE ivec counts(const acc* a, const int64_t* prev) {
+    __m256i q0 = _mm256_sad_epu8(a[0], _mm256_setzero_si256());
+    __m256i q1 = _mm256_sad_epu8(a[1], _mm256_setzero_si256());
+    if (prev) {
+      q0 = _mm256_add_epi64(q0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(prev)));
+      q1 = _mm256_add_epi64(q1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(prev + 4)));
+    }
+    const __m256 lo = _mm256_shuffle_ps(_mm256_castsi256_ps(q0), _mm256_castsi256_ps(q1), 0x88);
+    return _mm256_permute4x64_epi64(_mm256_castps_si256(lo), 0xD8);
+  }
+  static IRNET_INLINE ivec iset1(int32_t v) { return _mm256_set1_epi32(v); }
+  static IRNET_INLINE ivec iload(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static IRNET_INLINE ivec iadd(ivec a, ivec b) { return _mm256_add_epi32(a, b); }
+  static IRNET_INLINE ivec isub(ivec a, ivec b) { return _mm256_sub_epi32(a, b); }
+  // y[q] = float(bias[q] - 2*cnt[q]) * sc[q] for the 8 lanes
+  static IRNET_INLINE void finish(ivec cnt, ivec bias, const float* sc, float* y) {
+    const __m256i d = _mm256_sub_epi32(bias, _mm256_add_epi32(cnt, cnt));
     _mm256_storeu_ps(y, _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_loadu_ps(sc)));
   }
   // Sign masks: VCMPPS with _CMP_LT_OQ is false for -0.0 and NaN, like `x < 0`.
@@ -214,11 +254,22 @@ struct Ops {
     if (!first) s = _mm512_add_epi64(s, _mm512_loadu_si512(out));
     _mm512_storeu_si512(out, s);
   }
-  static IRNET_INLINE void finish(const int64_t* cnt, int32_t kin, const float* sc, float* y) {
-    const __m256i c0 = _mm512_cvtepi64_epi32(_mm512_loadu_si512(cnt));
-    const __m256i c1 = _mm512_cvtepi64_epi32(_mm512_loadu_si512(cnt + 8));
-    const __m512i c = _mm512_inserti64x4(_mm512_castsi256_si512(c0), c1, 1);
-    const __m512i d = _mm512_sub_epi32(_mm512_set1_epi32(kin), _mm512_slli_epi32(c, 1));
+  // the 16 counts of a tile row: the int64 lanes (< 2^31) narrowed by VPMOVQD
+  using ivec = __m512i;
+  static IRNET_INLINE ivec counts(const acc* a, const int64_t* prev) {
+    __m512i q0 = a[0], q1 = a[1];
+    if (prev) {
+      q0 = _mm512_add_epi64(q0, _mm512_loadu_si512(prev));
+      q1 = _mm512_add_epi64(q1, _mm512_loadu_si512(prev + 8));
+    }
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(q0)), _mm512_cvtepi64_epi32(q1), 1);
+  }
+  static IRNET_INLINE ivec iset1(int32_t v) { return _mm512_set1_epi32(v); }
+  static IRNET_INLINE ivec iload(const int32_t* p) { return _mm512_loadu_si512(p); }
+  static IRNET_INLINE ivec iadd(ivec a, ivec b) { return _mm512_add_epi32(a, b); }
+  static IRNET_INLINE ivec isub(ivec a, ivec b) { return _mm512_sub_epi32(a, b); }
+  static IRNET_INLINE void finish(ivec cnt, ivec bias, const float* sc, float* y) {
+    const __m512i d = _mm512_sub_epi32(bias, _mm512_add_epi32(cnt, cnt));
     _mm512_storeu_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_loadu_ps(sc)));
   }
   // 8 pixels x 16 channels: the AVX2 8x8 transpose on each half of the channels
@@ -286,7 +337,7 @@ void rows_offsets(const ConvProblem& P, int split, int64_t* xoff) {
 }
 
 void pack_weight_panels(const uint64_t* w, int64_t O, int64_t kh, int64_t kw, int64_t words, int nr, int split,
-                        int64_t p0, int64_t p1, uint64_t* panels, int64_t* wrect) {
+                        int64_t p0, int64_t p1, uint64_t* panels, int32_t* wrect) {
   const int64_t L = kh * kw * words;
   const int64_t opad = (O + nr - 1) / nr * nr;
   const int64_t ncell = (kh + 1) * (kw + 1);
@@ -314,8 +365,8 @@ void pack_weight_panels(const uint64_t* w, int64_t O, int64_t kh, int64_t kw, in
       for (int64_t i = 1; i <= kh; ++i) {
         for (int64_t j = 1; j <= kw; ++j) {
           const uint64_t* t = src + ((i - 1) * kw + (j - 1)) * words;
-          int64_t tap = 0;
-          for (int64_t c = 0; c < words; ++c) tap += core::popcount64(t[c]);
+          int32_t tap = 0;
+          for (int64_t c = 0; c < words; ++c) tap += int32_t(core::popcount64(t[c]));
           wrect[(i * (kw + 1) + j) * opad + o] = wrect[((i - 1) * (kw + 1) + j) * opad + o] +
                                                  wrect[(i * (kw + 1) + j - 1) * opad + o] -
                                                  wrect[((i - 1) * (kw + 1) + j - 1) * opad + o] + tap;

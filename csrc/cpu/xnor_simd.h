@@ -28,7 +28,7 @@ struct ConvProblem {
   const uint64_t* x = nullptr;
   int64_t N = 0, H = 0, W = 0, words = 0, C = 0;
   const uint64_t* wpanel = nullptr;
-  const int64_t* wrect = nullptr;
+  const int32_t* wrect = nullptr;  // int32: a dot has < 2^31 terms (checked by the driver)
   int64_t O = 0, kh = 1, kw = 1;
   int64_t sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
   int64_t Ho = 0, Wo = 0;
@@ -103,7 +103,7 @@ ConvScratch conv_scratch(uint64_t* scratch, int64_t rows);
 // fills wrect ((kh+1)*(kw+1), ceil(O/nr)*nr) with the tap popcount prefix sums; only
 // panels [p0, p1) and their wrect columns (so that threads can share the work).
 void pack_weight_panels(const uint64_t* w, int64_t O, int64_t kh, int64_t kw, int64_t words, int nr, int split,
-                        int64_t p0, int64_t p1, uint64_t* panels, int64_t* wrect);
+                        int64_t p0, int64_t p1, uint64_t* panels, int32_t* wrect);
 
 // Levels compiled into this build and runnable on this CPU, best first.
 // Returns the count; names[i] point to static strings.

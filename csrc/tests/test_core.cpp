@@ -208,7 +208,7 @@ static void test_level(const char* name) {
     const std::vector<uint64_t> w = random_bits(c.O * c.kh * c.kw, c.C);
     const int64_t L = c.kh * c.kw * P.words, npan = (c.O + k->nr - 1) / k->nr;
     std::vector<uint64_t> panels(npan * L * k->nr * k->split);
-    std::vector<int64_t> wrect(npan * k->nr * (c.kh + 1) * (c.kw + 1));
+    std::vector<int32_t> wrect(npan * k->nr * (c.kh + 1) * (c.kw + 1));
     cpu::pack_weight_panels(w.data(), c.O, c.kh, c.kw, P.words, k->nr, k->split, 0, npan, panels.data(), wrect.data());
     std::vector<float> scale(npan * k->nr, 0.0f), ones(npan * k->nr, 1.0f);
     for (int64_t o = 0; o < c.O; ++o) scale[o] = std::ldexp(1.0f, int(rng() % 7) - 3);
