@@ -58,7 +58,9 @@ def _extensions():
     use_cuda = cuda_possible if want_cuda is None else want_cuda
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cxx_flags = ["-O3", "-fno-math-errno", "-DIRNET_EXTENSION"]
+    # -ffp-contract=off: no fused multiply-adds behind our back (the fused conv epilogue
+    # must round like PyTorch's separate mul and add; AVX-512 targets would allow FMA)
+    cxx_flags = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-DIRNET_EXTENSION"]
     define_macros = []
     nvcc_flags = []
     include_dirs = [os.path.join(ROOT, "csrc")]

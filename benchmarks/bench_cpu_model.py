@@ -9,17 +9,20 @@ For each network and batch it times (eval mode, torch.no_grad(), same thread cou
               weight (what a user would deploy without binarization);
   * packed    irnet.deploy.convert(model): XNOR-popcount layers on bit-packed weights,
               BatchNorm / activations / the float stem and shortcuts as in the model;
+  * fused     irnet.deploy.convert(model, fuse=True): each residual block's binary conv,
+              BatchNorm, residual add and activation in one kernel (equal to packed to
+              float rounding: tests/test_fused.py);
 each once with an NCHW input and once with the model and input in channels_last (the
 layout in which PyTorch's CPU pooling and oneDNN's convolutions are fastest, and in
 which irnet's packing needs no transpose and its conv writes NHWC directly), and, unless
---no-compile, both channels_last models once more under torch.compile (inductor fuses
+--no-compile, the channels_last models once more under torch.compile (inductor fuses
 the BatchNorm / residual add / hardtanh passes around the convolutions; irnet's ops are
 opaque custom ops with fake kernels, so the packed model compiles as a whole graph).
 Medians over round-robin repeats after warmup (one of each variant per round, in an
 order that rotates every round, so that load from other processes hits all alike); the
 fastest repeat is reported too.  The packed and float models get the same random input;
 their predictions are not compared here (the float network is a different function:
-tests/test_api.py checks packed == binary model).
+tests/test_api.py checks packed == binary model, tests/test_fused.py fused ~ packed).
 Writes <out>.json and <out>.png.
 """
 from __future__ import annotations
@@ -97,7 +100,7 @@ def main():
         with torch.no_grad():  # non-trivial BatchNorm statistics
             model.train()(torch.randn(8, 3, size, size))
         model.eval()
-        nets = {"float": float_twin(model), "packed": deploy.convert(model)}
+        nets = {"float": float_twin(model), "packed": deploy.convert(model), "fused": deploy.convert(model, fuse=True)}
         nets_cl = {k: copy.deepcopy(m).to(memory_format=torch.channels_last) for k, m in nets.items()}
         nets_compiled = {} if args.no_compile else {k: torch.compile(m) for k, m in nets_cl.items()}
         for batch in batches:
@@ -114,20 +117,24 @@ def main():
                     t0 = time.perf_counter()
                     for k in nets_compiled:
                         fns[f"{k}/compiled"]()
-                    print(f"  (torch.compile of both {name} models for batch {batch}: {time.perf_counter() - t0:.0f} s)",
+                    print(f"  (torch.compile of the {name} models for batch {batch}: {time.perf_counter() - t0:.0f} s)",
                           flush=True)
                 med, best = time_round_robin(fns, repeats)
             row = {"model": name, "input": [batch, 3, size, size], "time_s": med, "time_min_s": best}
             fmts = ("nchw", "channels_last") + (("compiled",) if nets_compiled else ())
             for fmt in fmts:
                 row[f"speedup_{fmt}"] = med[f"float/{fmt}"] / med[f"packed/{fmt}"]
-            # the packed model in its faster layout against the float model in its faster one
+                row[f"speedup_fused_{fmt}"] = med[f"float/{fmt}"] / med[f"fused/{fmt}"]
+            # the packed (fused) model in its faster layout against the float model in its faster one
             row["speedup_best_vs_best"] = min(med[f"float/{f}"] for f in fmts) / min(med[f"packed/{f}"] for f in fmts)
+            row["speedup_fused_best_vs_best"] = (min(med[f"float/{f}"] for f in fmts) /
+                                                 min(med[f"fused/{f}"] for f in fmts))
             rows.append(row)
             print(f"{name} b{batch}: " + "   ".join(
-                f"{fmt}: float {med[f'float/{fmt}']*1e3:.1f} ms, packed {med[f'packed/{fmt}']*1e3:.1f} ms, "
-                f"{row[f'speedup_{fmt}']:.2f}x" for fmt in fmts) + f"   | fastest vs fastest {row['speedup_best_vs_best']:.2f}x",
-                flush=True)
+                f"{fmt}: float {med[f'float/{fmt}']*1e3:.1f} ms, packed {med[f'packed/{fmt}']*1e3:.1f} ms "
+                f"({row[f'speedup_{fmt}']:.2f}x), fused {med[f'fused/{fmt}']*1e3:.1f} ms ({row[f'speedup_fused_{fmt}']:.2f}x)"
+                for fmt in fmts) + f"   | fastest vs fastest {row['speedup_best_vs_best']:.2f}x, "
+                f"fused {row['speedup_fused_best_vs_best']:.2f}x", flush=True)
 
     result = {
         "benchmark": "cpu_model",
@@ -151,9 +158,10 @@ def main():
         return
     labels = [f"{r['model'].split('_')[0]}\nbatch {r['input'][0]}" for r in rows]
     xs = range(len(rows))
-    fig, ax = plt.subplots(figsize=(1.8 * len(rows) + 2, 4))
+    fig, ax = plt.subplots(figsize=(2.6 * len(rows) + 2, 4.5))
     variants = [("nchw", "NCHW"), ("channels_last", "channels_last"), ("compiled", "channels_last + torch.compile")]
     variants = [v for v in variants if f"speedup_{v[0]}" in rows[0]]
+    variants = [(k, f"packed, {lab}") for k, lab in variants] + [(f"fused_{k}", f"fused, {lab}") for k, lab in variants]
     w = 0.8 / len(variants)
     for j, (key, label) in enumerate(variants):
         ax.bar([i + (j - (len(variants) - 1) / 2) * w for i in xs], [r[f"speedup_{key}"] for r in rows], w, label=label)
@@ -161,7 +169,7 @@ def main():
     ax.set_xticks(list(xs), labels)
     ax.set_ylabel("packed speedup over the float network")
     ax.set_title(f"whole-network CPU inference, {args.threads} thread(s), {cpu_name()}", fontsize=9)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(args.out + ".png", dpi=120)
     print(f"wrote {args.out}.json and {args.out}.png")

@@ -32,6 +32,10 @@ TORCH_LIBRARY(irnet, m) {
   // XNOR-popcount conv on packed operands x_bits (N, H, W, words), w_bits (O, kh, kw, words):
   // y[n, o, p, q] = scale[o] * sum over in-frame taps of (C - 2 popcount(x ^ w)), float32 NCHW.
   m.def("xnor_conv2d(Tensor x_bits, Tensor w_bits, Tensor? scale, int in_channels, int[2] stride, int[2] padding, int[2] dilation, bool channels_last=False) -> Tensor");
+  // xnor_conv2d with the layers after it folded in (a BatchNorm, a residual add, a clamping
+  // activation): y = clamp((conv * alpha[o] + beta[o]) + residual, act_min, act_max), each
+  // operation rounded as PyTorch's separate ops round it; residual shaped like the output.
+  m.def("xnor_conv2d_fused(Tensor x_bits, Tensor w_bits, Tensor? scale, int in_channels, int[2] stride, int[2] padding, int[2] dilation, bool channels_last, Tensor alpha, Tensor beta, Tensor? residual, float act_min, float act_max) -> Tensor");
   // y[n, o] = scale[o] * (in_features - 2 popcount(x_bits[n] ^ w_bits[o])), float32.
   m.def("xnor_linear(Tensor x_bits, Tensor w_bits, Tensor? scale, int in_features) -> Tensor");
 }

@@ -13,6 +13,14 @@
 Because ``s_o`` is a power of two and the dot an integer, the packed layers give the
 float layers' outputs bit for bit, so the converted model predicts exactly what the
 trained one does in eval mode.  The packed weight takes 1/32 of the float32 memory.
+
+``convert(model, fuse=True)`` goes one step further for the residual blocks of the zoo
+(:class:`irnet.models.blocks.BasicBlock` with packed convolutions): each binary conv
+and the BatchNorm, residual add and clamping activation after it run as one kernel
+(:class:`FusedPackedConv2d`, ``torch.ops.irnet.xnor_conv2d_fused``), one pass over the
+output instead of four.  The BatchNorm is folded into a per-channel ``alpha``, ``beta``,
+so the outputs equal the unfused model's to float rounding only (not bit for bit);
+predictions agree except where two logits are within rounding of each other.
 """
 from __future__ import annotations
 
@@ -22,9 +30,11 @@ import torch
 import torch.nn as nn
 
 from . import ops
+from .models.blocks import BasicBlock
 from .nn import IRConv2d, IRLinear
 
-__all__ = ["convert", "PackedConv2d", "PackedLinear", "packed_layers", "model_bytes"]
+__all__ = ["convert", "PackedConv2d", "PackedLinear", "FusedPackedConv2d", "FusedBasicBlock", "packed_layers",
+           "model_bytes"]
 
 
 class PackedConv2d(nn.Module):
@@ -88,6 +98,82 @@ class PackedLinear(nn.Module):
         return f"weight_shape={self.weight_shape}, packed_bytes={self.bits.numel() * 8}"
 
 
+class FusedPackedConv2d(PackedConv2d):
+    """A PackedConv2d with the BatchNorm, residual add and clamping activation that
+    follow it in one kernel: ``clamp(conv(x) * alpha + beta + residual, act_min, act_max)``
+    (``alpha``, ``beta``: the BatchNorm, and the conv's bias if any, folded per channel)."""
+
+    def __init__(self, conv: PackedConv2d, bn: nn.BatchNorm2d, act_min: float, act_max: float):
+        super().__init__(conv.bits, conv.scale, conv.weight_shape, conv.stride, conv.padding, conv.dilation)
+        alpha, beta = _fold_batchnorm(bn, conv.bias)
+        self.register_buffer("alpha", alpha)
+        self.register_buffer("beta", beta)
+        self.act_min, self.act_max = float(act_min), float(act_max)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"FusedPackedConv2d: expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        y = torch.ops.irnet.xnor_conv2d_fused(
+            torch.ops.irnet.pack_bits(x), self.bits, self.scale.float(), self.in_channels, self.stride, self.padding,
+            self.dilation, ops.wants_channels_last(x), self.alpha, self.beta,
+            None if residual is None else residual.float(), self.act_min, self.act_max)
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", act=[{self.act_min}, {self.act_max}]"
+
+
+def _fold_batchnorm(bn: nn.BatchNorm2d, conv_bias):
+    """(alpha, beta) float32 with bn(y + bias) = y * alpha + beta in eval mode (computed
+    in float64, rounded once)."""
+    var = bn.running_var.detach().double()
+    mean = bn.running_mean.detach().double()
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
+    shift = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
+    alpha = gamma / torch.sqrt(var + bn.eps)
+    bias = conv_bias.detach().double() if conv_bias is not None else torch.zeros_like(var)
+    beta = shift + (bias - mean) * alpha
+    return alpha.float(), beta.float()
+
+
+def _clamp_bounds(act: nn.Module):
+    """(min, max) of a clamping activation, or None if it is not one."""
+    if isinstance(act, nn.Hardtanh):  # (ReLU6 is a Hardtanh)
+        return float(act.min_val), float(act.max_val)
+    if isinstance(act, nn.ReLU):
+        return 0.0, float("inf")
+    if isinstance(act, nn.Identity):
+        return -float("inf"), float("inf")
+    return None
+
+
+class FusedBasicBlock(nn.Module):
+    """A BasicBlock whose two packed convs carry their BatchNorm, residual and activation."""
+
+    def __init__(self, block: BasicBlock):
+        super().__init__()
+        self.structure = block.structure
+        self.conv1 = FusedPackedConv2d(block.conv1, block.bn1, *_clamp_bounds(block.act1))
+        self.conv2 = FusedPackedConv2d(block.conv2, block.bn2, *_clamp_bounds(block.act2))
+        self.shortcut = block.shortcut
+
+    @staticmethod
+    def fusable(block: nn.Module) -> bool:
+        if not isinstance(block, BasicBlock):
+            return False
+        convs = (block.conv1, block.conv2)
+        bns = (block.bn1, block.bn2)
+        return (all(type(c) is PackedConv2d for c in convs)
+                and all(type(b) is nn.BatchNorm2d and b.running_mean is not None for b in bns)
+                and all(_clamp_bounds(a) is not None for a in (block.act1, block.act2)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.structure == "bireal":
+            h = self.conv1(x, self.shortcut(x))
+            return self.conv2(h, h)
+        return self.conv2(self.conv1(x), self.shortcut(x))
+
+
 def _frozen_real_layer(layer: nn.Module) -> nn.Module:
     """A 1w32a layer: a plain conv/linear holding the fixed Libra-PB weight sign(v)*s."""
     with torch.no_grad():
@@ -114,11 +200,14 @@ def _convert_layer(layer: nn.Module) -> nn.Module:
     return layer
 
 
-def convert(model: nn.Module) -> nn.Module:
+def convert(model: nn.Module, fuse: bool = False) -> nn.Module:
     """A bit-packed inference copy of ``model`` (the original is left untouched).
 
     The copy is in eval mode: BatchNorm uses its running statistics.  It runs on the
-    device the model is on; ``.to(device)`` moves the packed buffers too."""
+    device the model is on; ``.to(device)`` moves the packed buffers too.  With
+    ``fuse=True`` every residual block of the zoo with 1w1a convs becomes a
+    :class:`FusedBasicBlock` (conv + BatchNorm + residual + activation in one kernel; equal
+    to the unfused model to float rounding, see the module docstring)."""
     if isinstance(model, (IRConv2d, IRLinear)):
         return _convert_layer(model.eval())
     packed = copy.deepcopy(model).eval()
@@ -131,12 +220,21 @@ def convert(model: nn.Module) -> nn.Module:
             else:
                 replace(child)
 
+    def fuse_blocks(module: nn.Module):
+        for name, child in module.named_children():
+            if FusedBasicBlock.fusable(child):
+                setattr(module, name, FusedBasicBlock(child))
+            else:
+                fuse_blocks(child)
+
     replace(packed)
+    if fuse:
+        fuse_blocks(packed)
     return packed
 
 
 def packed_layers(model: nn.Module):
-    return [m for m in model.modules() if isinstance(m, (PackedConv2d, PackedLinear))]
+    return [m for m in model.modules() if isinstance(m, (PackedConv2d, PackedLinear))]  # fused convs included
 
 
 def model_bytes(model: nn.Module) -> int:

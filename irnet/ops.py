@@ -22,6 +22,7 @@ SCHEMAS = {
     "pack_bits": "pack_bits(Tensor x) -> Tensor",
     "libra_pb_pack": "libra_pb_pack(Tensor w) -> (Tensor, Tensor)",
     "xnor_conv2d": "xnor_conv2d(Tensor x_bits, Tensor w_bits, Tensor? scale, int in_channels, int[2] stride, int[2] padding, int[2] dilation, bool channels_last=False) -> Tensor",
+    "xnor_conv2d_fused": "xnor_conv2d_fused(Tensor x_bits, Tensor w_bits, Tensor? scale, int in_channels, int[2] stride, int[2] padding, int[2] dilation, bool channels_last, Tensor alpha, Tensor beta, Tensor? residual, float act_min, float act_max) -> Tensor",
     "xnor_linear": "xnor_linear(Tensor x_bits, Tensor w_bits, Tensor? scale, int in_features) -> Tensor",
 }
 
@@ -54,6 +55,11 @@ _REFERENCE_KERNELS = {
     "xnor_conv2d": lambda xb, wb, scale, c, stride, padding, dilation, channels_last=False: ref.xnor_conv2d_bits(
         xb, wb, scale, c, stride, padding, dilation).contiguous(memory_format=_conv_format(channels_last)),
     "xnor_linear": lambda xb, wb, scale, n: ref.xnor_linear_bits(xb, wb, scale, n).contiguous(),
+    # no fused kernel for this device (CUDA): the device's xnor_conv2d (compiled where it
+    # exists), then the epilogue as PyTorch ops
+    "xnor_conv2d_fused": lambda xb, wb, scale, c, stride, padding, dilation, channels_last, alpha, beta, residual, lo, hi:
+        ref.fused_epilogue(torch.ops.irnet.xnor_conv2d(xb, wb, scale, c, stride, padding, dilation, channels_last),
+                           alpha, beta, residual, lo, hi).contiguous(memory_format=_conv_format(channels_last)),
 }
 
 
@@ -120,6 +126,17 @@ def _(w):
 
 @torch.library.register_fake("irnet::xnor_conv2d")
 def _(x_bits, w_bits, scale, in_channels, stride, padding, dilation, channels_last=False):
+    n, h, w_, _ = x_bits.shape
+    o, kh, kw, _ = w_bits.shape
+    ho = _conv_out(h, kh, stride[0], padding[0], dilation[0])
+    wo = _conv_out(w_, kw, stride[1], padding[1], dilation[1])
+    return torch.empty((n, o, ho, wo), dtype=torch.float32, device=x_bits.device,
+                       memory_format=_conv_format(channels_last))
+
+
+@torch.library.register_fake("irnet::xnor_conv2d_fused")
+def _(x_bits, w_bits, scale, in_channels, stride, padding, dilation, channels_last, alpha, beta, residual, act_min,
+      act_max):
     n, h, w_, _ = x_bits.shape
     o, kh, kw, _ = w_bits.shape
     ho = _conv_out(h, kh, stride[0], padding[0], dilation[0])
@@ -302,12 +319,8 @@ def wants_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
-def xnor_conv2d(x: torch.Tensor, w, stride=1, padding=0, dilation=1) -> torch.Tensor:
-    """F.conv2d(sign(x), sign(w) [* scale], stride, padding, dilation) with zero padding,
-    computed by XNOR-popcount on bit-packed operands; float32 result, exact.
-
-    ``w`` is a float (C_out, C_in, kh, kw) weight or a :class:`PackedWeight`.  The result
-    is channels_last when ``x`` is (as F.conv2d's would be), NCHW-contiguous otherwise."""
+def _conv_args(x: torch.Tensor, w, stride, padding, dilation):
+    """Checks a binary conv's operands; returns (packed weight, stride, padding, dilation)."""
     _check_tensor("x", x, dims=(4,))
     pw = _as_packed(w, (4,), pack_conv_weight)
     _check_same_device(x=x, w=pw.bits)
@@ -320,8 +333,41 @@ def xnor_conv2d(x: torch.Tensor, w, stride=1, padding=0, dilation=1) -> torch.Te
     kh, kw = pw.shape[2], pw.shape[3]
     if _conv_out(h, kh, stride[0], padding[0], dilation[0]) < 1 or _conv_out(w_, kw, stride[1], padding[1], dilation[1]) < 1:
         raise ValueError(f"irnet: kernel {kh}x{kw} (dilation {dilation}) does not fit input {h}x{w_} padded by {padding}")
+    return pw, stride, padding, dilation
+
+
+def xnor_conv2d(x: torch.Tensor, w, stride=1, padding=0, dilation=1) -> torch.Tensor:
+    """F.conv2d(sign(x), sign(w) [* scale], stride, padding, dilation) with zero padding,
+    computed by XNOR-popcount on bit-packed operands; float32 result, exact.
+
+    ``w`` is a float (C_out, C_in, kh, kw) weight or a :class:`PackedWeight`.  The result
+    is channels_last when ``x`` is (as F.conv2d's would be), NCHW-contiguous otherwise."""
+    pw, stride, padding, dilation = _conv_args(x, w, stride, padding, dilation)
     return torch.ops.irnet.xnor_conv2d(torch.ops.irnet.pack_bits(x), pw.bits, pw.scale, pw.in_channels, stride, padding,
                                        dilation, wants_channels_last(x))
+
+
+def xnor_conv2d_fused(x: torch.Tensor, w, alpha: torch.Tensor, beta: torch.Tensor, residual=None, stride=1,
+                      padding=0, dilation=1, act_min: float = -float("inf"), act_max: float = float("inf")):
+    """``clamp(xnor_conv2d(x, w) * alpha + beta + residual, act_min, act_max)`` in one pass
+    over the output: a BatchNorm folded to a per-channel ``alpha``, ``beta`` (float32,
+    (C_out,)), an optional ``residual`` of the output's shape, and a clamping activation
+    (hardtanh: -1, 1; ReLU: 0, inf; none: the default infinities).  Each operation rounds
+    as the separate PyTorch ops would, in this order (torch.equal to
+    irnet.reference.xnor_conv2d_fused_bits)."""
+    pw, stride, padding, dilation = _conv_args(x, w, stride, padding, dilation)
+    for name, t in (("alpha", alpha), ("beta", beta)):
+        _check_tensor(name, t, dims=(1,))
+        if t.shape[0] != pw.shape[0]:
+            raise ValueError(f"irnet: {name} must have one entry per output channel ({pw.shape[0]}), got {tuple(t.shape)}")
+    if residual is not None:
+        _check_tensor("residual", residual, dims=(4,))
+    _check_same_device(x=x, alpha=alpha, beta=beta, residual=residual)
+    cl = wants_channels_last(x)
+    return torch.ops.irnet.xnor_conv2d_fused(
+        torch.ops.irnet.pack_bits(x), pw.bits, pw.scale, pw.in_channels, stride, padding, dilation, cl,
+        alpha.to(torch.float32), beta.to(torch.float32), None if residual is None else residual.to(torch.float32),
+        float(act_min), float(act_max))
 
 
 def xnor_linear(x: torch.Tensor, w) -> torch.Tensor:

@@ -206,6 +206,23 @@ def xnor_conv2d_bits(x_bits, w_bits, scale, in_channels: int, stride=(1, 1), pad
     return dot if scale is None else dot * scale.to(torch.float32).reshape(1, -1, 1, 1)
 
 
+def fused_epilogue(y, alpha, beta, residual, act_min: float, act_max: float):
+    """The epilogue of xnor_conv2d_fused on a conv output y (N, O, H, W): a BatchNorm
+    folded to y * alpha + beta, the residual add, the clamping activation, each one
+    PyTorch op (one rounding each, in this order; NaN propagates through the clamp)."""
+    y = y * alpha.to(torch.float32).reshape(1, -1, 1, 1) + beta.to(torch.float32).reshape(1, -1, 1, 1)
+    if residual is not None:
+        y = y + residual
+    return torch.clamp(y, float(act_min), float(act_max))
+
+
+def xnor_conv2d_fused_bits(x_bits, w_bits, scale, in_channels: int, stride, padding, dilation, alpha, beta,
+                           residual, act_min: float, act_max: float):
+    """xnor_conv2d_bits followed by fused_epilogue."""
+    y = xnor_conv2d_bits(x_bits, w_bits, scale, in_channels, stride, padding, dilation)
+    return fused_epilogue(y, alpha, beta, residual, act_min, act_max)
+
+
 def libra_pb_pack(w: torch.Tensor):
     """(bits of sign(v), scale): what a deployed Libra-PB layer keeps."""
     _, v, _, scale = libra_pb_parts(w.detach())

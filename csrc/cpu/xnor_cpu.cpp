@@ -399,35 +399,67 @@ void run_packed(ConvProblem& P, const Tensor& x_bits, const Tensor& w_bits, cons
   run_conv(P, wc, s);
 }
 
-Tensor xnor_conv2d_cpu(const Tensor& x_bits, const Tensor& w_bits, const std::optional<Tensor>& scale,
-                       int64_t in_channels, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                       bool channels_last) {
-  const char* op = "xnor_conv2d";
+// The epilogue of irnet::xnor_conv2d_fused: y = clamp((y * alpha + beta) + residual, lo, hi).
+struct FusedArgs {
+  const Tensor& alpha;
+  const Tensor& beta;
+  const std::optional<Tensor>& residual;
+  double lo, hi;
+};
+
+// xnor_conv2d and (with `fused`) xnor_conv2d_fused: checks, the output, the problem.
+Tensor conv2d_cpu(const char* op, const Tensor& x_bits, const Tensor& w_bits, const std::optional<Tensor>& scale,
+                  int64_t in_channels, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                  bool channels_last, const FusedArgs* fused) {
   check_bits(op, "x_bits (N, H, W, words)", x_bits, 4);
   check_bits(op, "w_bits (C_out, kh, kw, words)", w_bits, 4);
-  TORCH_CHECK(in_channels >= 1, "irnet::xnor_conv2d: expected in_channels >= 1, got ", in_channels);
+  TORCH_CHECK(in_channels >= 1, "irnet::", op, ": expected in_channels >= 1, got ", in_channels);
   const int64_t words = check_words(op, x_bits, "pixel", w_bits, "tap", in_channels, "channels");
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
-              "irnet::xnor_conv2d: expected stride, padding, dilation of 2 ints each, got ", stride, ", ", padding, ", ",
+              "irnet::", op, ": expected stride, padding, dilation of 2 ints each, got ", stride, ", ", padding, ", ",
               dilation);
   TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1 && dilation[0] >= 1 && dilation[1] >= 1 && padding[0] >= 0 &&
                   padding[1] >= 0,
-              "irnet::xnor_conv2d: expected stride >= 1, dilation >= 1, padding >= 0, got stride ", stride,
+              "irnet::", op, ": expected stride >= 1, dilation >= 1, padding >= 0, got stride ", stride,
               ", padding ", padding, ", dilation ", dilation);
   const int64_t kh = w_bits.size(1), kw = w_bits.size(2), O = w_bits.size(0);
-  TORCH_CHECK(kh >= 1 && kw >= 1, "irnet::xnor_conv2d: expected a kernel of at least 1x1, got w_bits shape ",
+  TORCH_CHECK(kh >= 1 && kw >= 1, "irnet::", op, ": expected a kernel of at least 1x1, got w_bits shape ",
               w_bits.sizes());
   const int64_t N = x_bits.size(0), H = x_bits.size(1), W = x_bits.size(2);
   const int64_t Ho = core::conv_out_size(H, kh, stride[0], padding[0], dilation[0]);
   const int64_t Wo = core::conv_out_size(W, kw, stride[1], padding[1], dilation[1]);
-  TORCH_CHECK(H >= 1 && W >= 1 && Ho >= 1 && Wo >= 1, "irnet::xnor_conv2d: expected an output of at least 1x1, got ",
+  TORCH_CHECK(H >= 1 && W >= 1 && Ho >= 1 && Wo >= 1, "irnet::", op, ": expected an output of at least 1x1, got ",
               Ho, "x", Wo, " (input ", H, "x", W, ", kernel ", kh, "x", kw, ", stride ", stride, ", padding ", padding,
               ", dilation ", dilation, ")");
   const Tensor s = checked_scale(op, scale, O);
-  Tensor out = at::empty({N, O, Ho, Wo}, x_bits.options().dtype(at::kFloat).memory_format(
-                                             channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
-  if (out.numel() == 0) return out;
+  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  Tensor out = at::empty({N, O, Ho, Wo}, x_bits.options().dtype(at::kFloat).memory_format(format));
   ConvProblem P;
+  Tensor alpha, beta, residual;  // alive for the whole call
+  if (fused) {
+    for (const Tensor* t : {&fused->alpha, &fused->beta}) {
+      TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->dim() == 1 && t->size(0) == O,
+                  "irnet::", op, ": expected alpha and beta as float32 CPU tensors of shape (", O, ",), got ",
+                  t->scalar_type(), " ", t->sizes(), " on ", t->device());
+    }
+    TORCH_CHECK(!(fused->lo > fused->hi), "irnet::", op, ": expected act_min <= act_max, got ", fused->lo, " > ",
+                fused->hi);
+    alpha = fused->alpha.contiguous();
+    beta = fused->beta.contiguous();
+    P.alpha = alpha.const_data_ptr<float>();
+    P.beta = beta.const_data_ptr<float>();
+    if (fused->residual.has_value()) {
+      const Tensor& r = *fused->residual;
+      TORCH_CHECK(r.device().is_cpu() && r.scalar_type() == at::kFloat && r.sizes() == out.sizes(), "irnet::", op,
+                  ": expected the residual as a float32 CPU tensor of the output's shape ", out.sizes(), ", got ",
+                  r.scalar_type(), " ", r.sizes(), " on ", r.device());
+      residual = r.contiguous(format);
+      P.residual = residual.const_data_ptr<float>();
+    }
+    P.lo = static_cast<float>(fused->lo);
+    P.hi = static_cast<float>(fused->hi);
+  }
+  if (out.numel() == 0) return out;
   P.out_cl = channels_last;
   P.N = N, P.H = H, P.W = W, P.words = words, P.C = in_channels;
   P.O = O, P.kh = kh, P.kw = kw;
@@ -435,6 +467,22 @@ Tensor xnor_conv2d_cpu(const Tensor& x_bits, const Tensor& w_bits, const std::op
   P.Ho = Ho, P.Wo = Wo;
   run_packed(P, x_bits, w_bits, s, out);
   return out;
+}
+
+Tensor xnor_conv2d_cpu(const Tensor& x_bits, const Tensor& w_bits, const std::optional<Tensor>& scale,
+                       int64_t in_channels, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                       bool channels_last) {
+  return conv2d_cpu("xnor_conv2d", x_bits, w_bits, scale, in_channels, stride, padding, dilation, channels_last,
+                    nullptr);
+}
+
+Tensor xnor_conv2d_fused_cpu(const Tensor& x_bits, const Tensor& w_bits, const std::optional<Tensor>& scale,
+                             int64_t in_channels, at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation, bool channels_last, const Tensor& alpha, const Tensor& beta,
+                             const std::optional<Tensor>& residual, double act_min, double act_max) {
+  const FusedArgs fused{alpha, beta, residual, act_min, act_max};
+  return conv2d_cpu("xnor_conv2d_fused", x_bits, w_bits, scale, in_channels, stride, padding, dilation,
+                    channels_last, &fused);
 }
 
 // A linear layer is the 1x1 convolution of N one-pixel images: the patch rows are the
@@ -489,6 +537,7 @@ double cpu_popcount_peak_bench(int64_t words, int64_t iters) {
 TORCH_LIBRARY_IMPL(irnet, CPU, m) {
   m.impl("pack_bits", &irnet::cpu::pack_bits_cpu);
   m.impl("xnor_conv2d", &irnet::cpu::xnor_conv2d_cpu);
+  m.impl("xnor_conv2d_fused", &irnet::cpu::xnor_conv2d_fused_cpu);
   m.impl("xnor_linear", &irnet::cpu::xnor_linear_cpu);
 }
 

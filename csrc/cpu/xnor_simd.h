@@ -36,6 +36,14 @@ struct ConvProblem {
   const float* ones = nullptr;   // (opad,) of 1.0f, used where scale is null
   float* out = nullptr;
   bool out_cl = false;
+  // Fused epilogue (irnet::xnor_conv2d_fused), when alpha is set: every output becomes
+  //   y = clamp((y * alpha[o] + beta[o]) + residual, lo, hi)
+  // (one rounding per operation, in this order; NaN propagates), with residual laid out
+  // like out, or absent (null).  alpha and beta have O entries.
+  const float* alpha = nullptr;
+  const float* beta = nullptr;
+  const float* residual = nullptr;
+  float lo = 0.0f, hi = 0.0f;
   // Direct path (RowsLayout), when xs is set: conv_block reads the taps from xs at
   // xoff instead of building im2col rows from x.
   const uint64_t* xs = nullptr;

@@ -1,0 +1,189 @@
+"""The fused binary conv (torch.ops.irnet.xnor_conv2d_fused: conv + folded BatchNorm +
+residual + clamping activation in one kernel) against the reference, bit for bit, on
+every SIMD level, and the fused deployment (irnet.deploy.convert(model, fuse=True))."""
+import math
+
+import pytest
+import torch
+
+import irnet
+from irnet import ops
+from irnet import reference as ref
+from test_xnor_cpu import CONV_CASES, LEVELS, case_id, needs_kernels, pow2_scale, rand_pm
+
+INF = math.inf
+ACTS = [(-1.0, 1.0), (0.0, INF), (-INF, INF), (-0.25, 0.5)]
+
+
+@pytest.fixture(params=LEVELS)
+def level(request):
+    before = ops.cpu_simd_level()
+    ops.set_cpu_simd_level(request.param)
+    yield request.param
+    ops.set_cpu_simd_level(before)
+
+
+def out_size(size, k, s, p, d):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def fused_args(o, shape, act, residual_kind):
+    """alpha (some negative, one zero), beta, a residual (None / NCHW / channels_last /
+    with NaN and Inf sprinkled in) and the activation bounds."""
+    alpha = torch.randn(o) * 2
+    alpha[0] = 0.0
+    beta = torch.randn(o)
+    residual = None
+    if residual_kind != "none":
+        residual = torch.randn(shape)
+        if residual_kind == "nonfinite" and residual.numel() >= 3:
+            flat = residual.view(-1)
+            flat[0], flat[flat.numel() // 2], flat[-1] = math.nan, INF, -INF
+        if residual_kind == "channels_last":
+            residual = residual.contiguous(memory_format=torch.channels_last)
+    return alpha, beta, residual, act[0], act[1]
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", CONV_CASES, ids=[case_id(c) for c in CONV_CASES])
+def test_fused_conv_matches_reference(level, case):
+    n, c, h, w, o, k, s, p, d = case
+    xb, wb = ref.pack_bits(rand_pm(n, c, h, w)), ref.pack_bits(rand_pm(o, c, *k))
+    shape = (n, o, out_size(h, k[0], s[0], p[0], d[0]), out_size(w, k[1], s[1], p[1], d[1]))
+    for i, residual_kind in enumerate(("none", "nchw", "channels_last", "nonfinite")):
+        act = ACTS[i % len(ACTS)]
+        scale = (None, pow2_scale(o), torch.rand(o) * 3)[i % 3]
+        alpha, beta, residual, lo, hi = fused_args(o, shape, act, residual_kind)
+        want = ref.xnor_conv2d_fused_bits(xb, wb, scale, c, s, p, d, alpha, beta, residual, lo, hi)
+        for cl in (False, True):
+            got = torch.ops.irnet.xnor_conv2d_fused(xb, wb, scale, c, list(s), list(p), list(d), cl, alpha, beta,
+                                                    residual, lo, hi)
+            fmt = torch.channels_last if cl else torch.contiguous_format
+            assert got.dtype == torch.float32 and got.is_contiguous(memory_format=fmt)
+            # equal_nan: a NaN in the residual must come out as NaN where the reference has one
+            torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True,
+                                       msg=f"level={level} case={case} residual={residual_kind} act={act} cl={cl}")
+
+
+@needs_kernels
+def test_fused_float_api_and_fallback_path():
+    """ops.xnor_conv2d_fused packs a float input; the fallback registered for devices
+    without a fused kernel (CUDA: that device's xnor_conv2d, then PyTorch ops) gives the
+    same bits as the fused CPU kernel."""
+    x, wt = rand_pm(2, 70, 9, 7), rand_pm(12, 70, 3, 3)
+    pw = ops.pack_conv_weight(wt, pow2_scale(12))
+    alpha, beta, residual, lo, hi = fused_args(12, (2, 12, 5, 4), (-1.0, 1.0), "nchw")
+    got = ops.xnor_conv2d_fused(x, pw, alpha, beta, residual, stride=2, padding=1, act_min=lo, act_max=hi)
+    want = ref.fused_epilogue(ops.xnor_conv2d(x, pw, 2, 1), alpha, beta, residual, lo, hi)
+    assert torch.equal(got, want)
+    fallback = ops._REFERENCE_KERNELS["xnor_conv2d_fused"]
+    xb = torch.ops.irnet.pack_bits(x)
+    for cl in (False, True):
+        args = (xb, pw.bits, pw.scale, 70, [2, 2], [1, 1], [1, 1], cl, alpha, beta, residual, lo, hi)
+        assert torch.equal(fallback(*args), torch.ops.irnet.xnor_conv2d_fused(*args))
+    # channels_last input -> channels_last output, as for xnor_conv2d
+    got_cl = ops.xnor_conv2d_fused(x.contiguous(memory_format=torch.channels_last), pw, alpha, beta, residual, 2, 1,
+                                   act_min=lo, act_max=hi)
+    assert got_cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(got_cl, want)
+
+
+@needs_kernels
+def test_fused_empty_batch_and_opcheck():
+    xb, wb = ref.pack_bits(rand_pm(2, 70, 5, 4)), ref.pack_bits(rand_pm(6, 70, 3, 3))
+    alpha, beta = torch.randn(6), torch.randn(6)
+    one = [1, 1]
+    y = torch.ops.irnet.xnor_conv2d_fused(xb[:0], wb, None, 70, one, one, one, False, alpha, beta,
+                                          torch.empty(0, 6, 5, 4), -1.0, 1.0)
+    assert y.shape == (0, 6, 5, 4)
+    op = torch.ops.irnet.xnor_conv2d_fused.default
+    torch.library.opcheck(op, (xb, wb, pow2_scale(6), 70, one, one, one, False, alpha, beta, None, -1.0, 1.0))
+    torch.library.opcheck(op, (xb, wb, None, 70, [2, 1], [0, 2], [1, 2], True, alpha, beta,
+                               torch.randn(2, 6, 2, 4), 0.0, INF))
+
+
+@needs_kernels
+def test_fused_bad_inputs_raise_useful_errors():
+    fused = torch.ops.irnet.xnor_conv2d_fused
+    xb, wb = ref.pack_bits(rand_pm(1, 70, 5, 5)), ref.pack_bits(rand_pm(3, 70, 3, 3))
+    one = [1, 1]
+    a, b = torch.ones(3), torch.zeros(3)
+    with pytest.raises(RuntimeError, match="alpha and beta as float32"):
+        fused(xb, wb, None, 70, one, one, one, False, torch.ones(4), b, None, -1.0, 1.0)
+    with pytest.raises(RuntimeError, match="alpha and beta as float32"):
+        fused(xb, wb, None, 70, one, one, one, False, a, b.double(), None, -1.0, 1.0)
+    with pytest.raises(RuntimeError, match="residual as a float32"):
+        fused(xb, wb, None, 70, one, one, one, False, a, b, torch.zeros(1, 3, 4, 5), -1.0, 1.0)
+    with pytest.raises(RuntimeError, match="residual as a float32"):
+        fused(xb, wb, None, 70, one, one, one, False, a, b, torch.zeros(1, 3, 5, 5, dtype=torch.float64), -1.0, 1.0)
+    with pytest.raises(RuntimeError, match="act_min <= act_max"):
+        fused(xb, wb, None, 70, one, one, one, False, a, b, None, 1.0, -1.0)
+    with pytest.raises(RuntimeError, match="words per pixel"):  # the conv's own checks still apply
+        fused(xb, wb, None, 200, one, one, one, False, a, b, None, -1.0, 1.0)
+    x, wt = rand_pm(1, 70, 5, 5), rand_pm(3, 70, 3, 3)
+    with pytest.raises(ValueError, match="one entry per output channel"):
+        ops.xnor_conv2d_fused(x, wt, torch.ones(2), b)
+    with pytest.raises(ValueError, match="4 dimensions"):
+        ops.xnor_conv2d_fused(x, wt, a, b, residual=torch.zeros(3, 3))
+
+
+def trained_like(name, **kw):
+    """A zoo model with non-trivial BatchNorm statistics and EDE state, in eval mode."""
+    model = irnet.models.create(name, **kw)
+    irnet.set_ede(model, 2.0, 0.5)
+    size = 224 if name.startswith("resnet18_1w") or name.startswith("resnet34") else 32
+    with torch.no_grad():
+        model.train()(torch.randn(8, 3, size, size))
+        for m in model.modules():  # a BatchNorm with affine parameters away from (1, 0)
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model.eval(), size
+
+
+@pytest.mark.parametrize("name,kw", [("resnet20_1w1a", {}), ("resnet20_1w1a", {"structure": "normal", "act": "relu"}),
+                                     ("resnet18_cifar_1w1a", {"act": "identity"})],
+                         ids=["resnet20-bireal-hardtanh", "resnet20-normal-relu", "resnet18cifar-identity"])
+def test_deploy_fuse_matches_unfused_model(name, kw):
+    model, size = trained_like(name, **kw)
+    packed = irnet.deploy.convert(model)
+    fused = irnet.deploy.convert(model, fuse=True)
+    blocks = [m for m in model.modules() if isinstance(m, irnet.models.blocks.BasicBlock)]
+    assert len([m for m in fused.modules() if isinstance(m, irnet.deploy.FusedBasicBlock)]) == len(blocks) > 0
+    assert len(irnet.deploy.packed_layers(fused)) == len(irnet.deploy.packed_layers(packed))
+    x = torch.randn(6, 3, size, size)
+    with torch.no_grad():
+        y, y_fused = packed(x), fused(x)
+        # BatchNorm folded to alpha, beta: equal to float rounding, not bit for bit (a
+        # pre-activation within rounding of 0 may binarize the other way downstream)
+        torch.testing.assert_close(y_fused, y, rtol=1e-3, atol=1e-4)
+        top2 = y.topk(2, dim=1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 1e-2 * top2[:, 0].abs()
+        assert torch.equal(y_fused.argmax(1)[clear], y.argmax(1)[clear])
+        # channels_last end to end
+        fused_cl = irnet.deploy.convert(model, fuse=True).to(memory_format=torch.channels_last)
+        torch.testing.assert_close(fused_cl(x.contiguous(memory_format=torch.channels_last)), y, rtol=1e-3, atol=1e-4)
+
+
+def test_deploy_fuse_state_dict_and_compile():
+    model, _ = trained_like("resnet20_1w1a")
+    fused = irnet.deploy.convert(model, fuse=True)
+    again = irnet.deploy.convert(irnet.models.create("resnet20_1w1a").eval(), fuse=True)
+    again.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = fused(x)
+        assert torch.equal(again(x), want)
+        compiled = torch.compile(fused, fullgraph=True)
+        torch.testing.assert_close(compiled(x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_deploy_fuse_leaves_other_blocks_alone():
+    """A model without zoo residual blocks (VGG-Small: conv -> pool -> BN) is converted as
+    without fuse; a 1w32a ResNet has no packed convs to fuse."""
+    for name in ("vgg_small_1w1a", "resnet20_1w32a"):
+        model, _ = trained_like(name)
+        fused = irnet.deploy.convert(model, fuse=True)
+        assert not any(isinstance(m, irnet.deploy.FusedBasicBlock) for m in fused.modules())
+        x = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            assert torch.equal(fused(x), irnet.deploy.convert(model)(x))
