@@ -199,6 +199,27 @@ def test_xnor_conv2d_float_end_to_end(case):
     assert torch.equal(out.cpu(), expect), f"seed={seed} case={_conv_id(case)}"
 
 
+@pytest.mark.parametrize("case", CONV_CASES[:8], ids=_conv_id)
+def test_xnor_conv2d_fused(case):
+    """The fused conv on CUDA (its xnor_conv2d, then the epilogue as PyTorch ops) against
+    the reference epilogue on the CPU, bit for bit; NaN in the residual stays NaN."""
+    seed = _seeded()
+    n, c, h, w, o, kh, kw, stride, padding, dilation = case
+    words = (c + 63) // 64
+    xb, wb = _random_bits((n, h, w, words)), _random_bits((o, kh, kw, words))
+    alpha, beta = torch.randn(o), torch.randn(o)
+    conv = ref.xnor_conv2d_bits(xb, wb, None, c, stride, padding, dilation)
+    residual = torch.randn(conv.shape)
+    if residual.numel():
+        residual.view(-1)[0] = float("nan")
+    expect = ref.fused_epilogue(conv, alpha, beta, residual, -1.0, 1.0)
+    for cl in (False, True):
+        out = OPS.xnor_conv2d_fused(xb.to(DEV), wb.to(DEV), None, c, list(stride), list(padding), list(dilation), cl,
+                                    alpha.to(DEV), beta.to(DEV), residual.to(DEV), -1.0, 1.0)
+        torch.testing.assert_close(out.cpu(), expect, rtol=0, atol=0, equal_nan=True,
+                                   msg=f"seed={seed} case={_conv_id(case)} channels_last={cl}")
+
+
 # --------------------------------------------------------------------------- xnor_linear
 @pytest.mark.parametrize("scale_kind", ["none", "float32"])
 @pytest.mark.parametrize("n,features,o", [(1, 1, 1), (7, 63, 17), (0, 64, 5), (300, 65, 40), (3, 1000, 16),
