@@ -80,6 +80,9 @@ void set_cpu_simd_level(const std::string& level) {
 // ---------------------------------------------------------------- pack_bits
 template <class T>
 using MaskFn = uint64_t (*)(const T*, int64_t);
+// the level's NCHW block packer (LevelKernels::pack_block_f32) for float32, else null
+template <class T>
+using PackBlockFn = void (*)(const T*, int64_t, int64_t, int64_t, uint64_t*, int64_t);
 
 // (N, C, *S) -> (N, *S, words), bit = (x < 0).
 //  * channels innermost (stride(1) == 1, e.g. channels_last): each output word packs
@@ -89,7 +92,7 @@ using MaskFn = uint64_t (*)(const T*, int64_t);
 //    loads) and then bit-transposed so that each word holds 64 channels of a pixel;
 //    with fewer than 16 pixels per channel, each pixel's channels are gathered instead.
 template <class T>
-void pack_impl(const Tensor& x, Tensor& out, MaskFn<T> mask) {
+void pack_impl(const Tensor& x, Tensor& out, MaskFn<T> mask, PackBlockFn<T> block) {
   const int64_t N = x.size(0), C = x.size(1);
   const int64_t words = core::num_words(C);
   const int64_t P = x.numel() / (N * C);
@@ -150,10 +153,14 @@ void pack_impl(const Tensor& x, Tensor& out, MaskFn<T> mask) {
       const int64_t p0 = pb * 64, np = std::min<int64_t>(64, P - p0);
       const int64_t c0 = w * 64, nc = std::min<int64_t>(64, C - c0);
       const T* src = base + (n * C + c0) * P + p0;
+      uint64_t* dst = o + (n * P + p0) * words + w;
+      if (block) {
+        block(src, P, nc, np, dst, words);
+        continue;
+      }
       for (int64_t c = 0; c < nc; ++c) m[c] = mask(src + c * P, np);
       for (int64_t c = nc; c < 64; ++c) m[c] = 0;
       core::transpose64(m);  // m[j] bit c = value (c0 + c, p0 + j) < 0
-      uint64_t* dst = o + (n * P + p0) * words + w;
       for (int64_t j = 0; j < np; ++j) dst[j * words] = m[j];
     }
   });
@@ -173,10 +180,10 @@ Tensor pack_bits_cpu(const Tensor& x) {
   if (out.numel() == 0) return out;
   const LevelKernels* k = current();
   switch (st) {
-    case at::kFloat: pack_impl<float>(x, out, k->neg_mask_f32); break;
-    case at::kDouble: pack_impl<double>(x, out, k->neg_mask_f64); break;
-    case at::kHalf: pack_impl<uint16_t>(x, out, k->neg_mask_f16); break;
-    default: pack_impl<uint16_t>(x, out, k->neg_mask_bf16); break;
+    case at::kFloat: pack_impl<float>(x, out, k->neg_mask_f32, k->pack_block_f32); break;
+    case at::kDouble: pack_impl<double>(x, out, k->neg_mask_f64, nullptr); break;
+    case at::kHalf: pack_impl<uint16_t>(x, out, k->neg_mask_f16, nullptr); break;
+    default: pack_impl<uint16_t>(x, out, k->neg_mask_bf16, nullptr); break;
   }
   return out;
 }

@@ -71,6 +71,8 @@ namespace cpu {
       for (int q = 0; q < V * LANES; ++q)                                                 \
         for (int p = 0; p < 8; ++p) out[q * stride + p] = y[p * V * LANES + q];           \
     }                                                                                     \
+    static constexpr bool PACK64 = false; /* pack_block_f32 uses neg_mask + transpose */  \
+    static void pack64(const float*, int64_t, int64_t, uint64_t*) {}                      \
     static constexpr int BF32 = 1, BF64 = 1, BF16 = 1, BBF16 = 1;                         \
     static uint64_t neg_f32(const float*) { return 0; }                                   \
     static uint64_t neg_f64(const double*) { return 0; }                                  \
@@ -200,6 +202,42 @@ struct Ops {
     const __m256i d = _mm256_sub_epi32(bias, _mm256_add_epi32(cnt, cnt));
     _mm256_storeu_ps(y, _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_loadu_ps(sc)));
   }
+  // NCHW float32 to channels-innermost words, 64 pixels x up to 64 channels: each channel
+  // row is read once, 64 floats (4 cache lines) in order, as eight 8-float loads; VCMPPS
+  // (x < 0: false for -0.0 and NaN) gives a -1 mask per negative value, and
+  //   acc = (acc >> 1) | (mask << 31)
+  // shifts each channel's bit in from the top of its pixel lane's int32, channels in
+  // ascending order, 32 per half; a half of cnt < 32 channels is shifted down by 32 - cnt
+  // at the end, so channel c lands on bit c (low half) or c - 32 (high half).  Each pixel's
+  // word is then lo | hi << 32.
+  static constexpr bool PACK64 = true;
+  static IRNET_INLINE void pack_half(const float* src, int64_t P, int64_t c0, int64_t c1, __m256i* acc) {
+    for (int v = 0; v < 8; ++v) acc[v] = _mm256_setzero_si256();
+    for (int64_t c = c0; c < c1; ++c) {
+      const float* row = src + c * P;
+#pragma GCC unroll 8
+      for (int v = 0; v < 8; ++v) {
+        const __m256i neg = _mm256_castps_si256(_mm256_cmp_ps(_mm256_loadu_ps(row + 8 * v), _mm256_setzero_ps(), _CMP_LT_OQ));
+        acc[v] = _mm256_or_si256(_mm256_srli_epi32(acc[v], 1), _mm256_slli_epi32(neg, 31));
+      }
+    }
+    const __m128i down = _mm_cvtsi32_si128(int(32 - (c1 - c0)));
+    for (int v = 0; v < 8; ++v) acc[v] = _mm256_srl_epi32(acc[v], down);
+  }
+  static void pack64(const float* src, int64_t P, int64_t nc, uint64_t* out) {  // out: 32-byte aligned
+    alignas(32) uint32_t lo[64];
+    __m256i acc[8];
+    pack_half(src, P, 0, nc < 32 ? nc : 32, acc);
+    for (int v = 0; v < 8; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(lo + 8 * v), acc[v]);
+    pack_half(src, P, 32, nc > 32 ? nc : 32, acc);
+    for (int v = 0; v < 8; ++v) {
+      const __m256i l = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo + 8 * v));
+      const __m256i a = _mm256_unpacklo_epi32(l, acc[v]);  // pixels 0 1 | 4 5 of this group of 8
+      const __m256i b = _mm256_unpackhi_epi32(l, acc[v]);  // pixels 2 3 | 6 7
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out + 8 * v), _mm256_permute2x128_si256(a, b, 0x20));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out + 8 * v + 4), _mm256_permute2x128_si256(a, b, 0x31));
+    }
+  }
   // Sign masks: VCMPPS with _CMP_LT_OQ is false for -0.0 and NaN, like `x < 0`.
   static constexpr int BF32 = 8, BF64 = 4, BF16 = 8, BBF16 = 8;
   static uint64_t neg_f32(const float* p) {
@@ -277,6 +315,9 @@ struct Ops {
     avx2::Ops::transpose8_store(y, 16, out, stride);
     avx2::Ops::transpose8_store(y + 8, 16, out + 8 * stride, stride);
   }
+  // (the AVX2 routine: this level's machines have AVX2)
+  static constexpr bool PACK64 = true;
+  static void pack64(const float* src, int64_t P, int64_t nc, uint64_t* out) { avx2::Ops::pack64(src, P, nc, out); }
   static constexpr int BF32 = 16, BF64 = 8, BF16 = 16, BBF16 = 16;
   static uint64_t neg_f32(const float* p) {
     return uint64_t(_mm512_cmp_ps_mask(_mm512_loadu_ps(p), _mm512_setzero_ps(), _CMP_LT_OQ));

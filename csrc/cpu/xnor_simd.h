@@ -63,6 +63,10 @@ struct LevelKernels {
   uint64_t (*neg_mask_f64)(const double* p, int64_t n);
   uint64_t (*neg_mask_f16)(const uint16_t* p, int64_t n);   // IEEE half bits
   uint64_t (*neg_mask_bf16)(const uint16_t* p, int64_t n);  // bfloat16 bits
+  // Packs a float32 NCHW block: channels [0, nc) (nc <= 64, plane stride P) x pixels
+  // [0, np) (np <= 64) from src (channel 0, pixel 0 of the block) into one word per pixel,
+  // dst[j * words], bit c = (src[c*P + j] < 0).
+  void (*pack_block_f32)(const float* src, int64_t P, int64_t nc, int64_t np, uint64_t* dst, int64_t words);
   // Throughput probe: runs the register tile over L1-resident operands `iters`
   // times with `k` words per dot; returns the number of word XOR-popcounts done.
   int64_t (*peak_probe)(int64_t k, int64_t iters, uint64_t* sink);
