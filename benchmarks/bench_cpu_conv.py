@@ -20,6 +20,14 @@ after warmup; the targets use the medians, and the same figures from each method
 fastest repeat are reported too
 (the machine is shared: other processes can only slow a repeat down).
 
+Memory: by default (--malloc keep) glibc's malloc keeps freed memory in the process, as
+jemalloc and tcmalloc do, for float32 and irnet alike.  With glibc's own settings a
+freed multi-MB tensor goes back to the OS and the next allocation of that size comes
+back as fresh pages: thousands of page faults (~6 ms for the 12.8 MB output of the
+64@56 batch-16 layer on our VM), charged to whichever method happens to allocate next,
+which measures the allocator's history rather than the kernels.  --malloc default
+measures that situation.
+
 Binary MAC/s counts C_in*kh*kw*C_out*Ho*Wo*N multiply-accumulates of +-1 values.  The
 binary peak is measured in the same run by torch.ops.irnet.cpu_popcount_peak_bench:
 the current SIMD level's register tile (the inner loop of the convolution) on
@@ -71,9 +79,10 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="batch 1 only, fewer repeats")
     ap.add_argument("--out", default=os.path.join("benchmarks", "results", "cpu_conv"), help="output path prefix")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--malloc", choices=["default", "keep"], default="default",
-                    help="keep: glibc malloc keeps freed memory (as jemalloc/tcmalloc do), so big "
-                         "outputs come back without page faults (see machine.keep_freed_memory)")
+    ap.add_argument("--malloc", choices=["default", "keep"], default="keep",
+                    help="keep (default): glibc malloc keeps freed memory (as jemalloc/tcmalloc do), so "
+                         "big outputs come back without page faults, for every method alike; default: "
+                         "glibc's own settings (see machine.keep_freed_memory)")
     ap.add_argument("--level", default=None, help="SIMD level (default: the best this CPU runs)")
     ap.add_argument("--repeats", type=int, default=None)
     args = ap.parse_args(argv)

@@ -23,6 +23,9 @@ order that rotates every round, so that load from other processes hits all alike
 fastest repeat is reported too.  The packed and float models get the same random input;
 their predictions are not compared here (the float network is a different function:
 tests/test_api.py checks packed == binary model, tests/test_fused.py fused ~ packed).
+Memory: --malloc keep (the default) makes glibc keep freed memory, as jemalloc and
+tcmalloc do, for all models alike (see bench_cpu_conv.py); --malloc default keeps glibc's
+settings, under which every large activation comes back as fresh pages.
 Writes <out>.json and <out>.png.
 """
 from __future__ import annotations
@@ -80,9 +83,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="batch 1 only, fewer repeats")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--malloc", choices=["default", "keep"], default="default",
-                    help="keep: glibc malloc keeps freed memory (as jemalloc/tcmalloc do), so big "
-                         "outputs come back without page faults (see machine.keep_freed_memory)")
+    ap.add_argument("--malloc", choices=["default", "keep"], default="keep",
+                    help="keep (default): glibc malloc keeps freed memory (as jemalloc/tcmalloc do), so "
+                         "big outputs come back without page faults, for every method alike; default: "
+                         "glibc's own settings (see machine.keep_freed_memory)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     ap.add_argument("--out", default=os.path.join("benchmarks", "results", "cpu_model"), help="output path prefix")
