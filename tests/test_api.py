@@ -45,6 +45,9 @@ def test_reference_fallback_in_a_fresh_process():
         assert torch.equal(y_cl, y) and y_cl.is_contiguous(memory_format=torch.channels_last)
         m = irnet.models.create("resnet20_1w1a").eval()
         assert irnet.deploy.convert(m)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+        xi = torch.randn(2, 3, 32, 32)
+        torch.testing.assert_close(irnet.deploy.convert(m, fuse=True)(xi), irnet.deploy.convert(m)(xi),
+                                   rtol=1e-3, atol=1e-4)
         for name in ops.SCHEMAS:
             assert not ops.has_compiled_kernel(name, "cpu")
         print("fallback ok")
