@@ -193,6 +193,9 @@ def _check_tensor(name: str, x, *, dims=None, min_dim=None, floating=True):
 
 
 def _check_same_device(**tensors):
+    devices = [t.device for t in tensors.values() if isinstance(t, torch.Tensor)]
+    if all(d == devices[0] for d in devices[1:]):  # (the common case, kept cheap: every call)
+        return
     devices = {name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)}
     if len(set(devices.values())) > 1:
         desc = ", ".join(f"{n} on {d}" for n, d in devices.items())
