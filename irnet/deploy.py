@@ -115,7 +115,7 @@ class FusedPackedConv2d(PackedConv2d):
             raise ValueError(f"FusedPackedConv2d: expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         y = torch.ops.irnet.xnor_conv2d_fused(
             torch.ops.irnet.pack_bits(x), self.bits, self.scale.float(), self.in_channels, self.stride, self.padding,
-            self.dilation, ops.wants_channels_last(x), self.alpha, self.beta,
+            self.dilation, ops.wants_channels_last(x), self.alpha.float(), self.beta.float(),
             None if residual is None else residual.float(), self.act_min, self.act_max)
         return y.to(x.dtype)
 

@@ -177,6 +177,19 @@ def test_deploy_fuse_state_dict_and_compile():
         torch.testing.assert_close(compiled(x), want, rtol=1e-5, atol=1e-6)
 
 
+def test_deploy_fuse_in_float64():
+    """A fused model moved to float64 (buffers included) still runs: the kernel works in
+    float32 and the result comes back in the input's dtype, as for PackedConv2d."""
+    model, _ = trained_like("resnet20_1w1a")
+    fused = irnet.deploy.convert(model, fuse=True).double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        y = fused(x)
+        want = irnet.deploy.convert(model).double()(x)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, want, rtol=1e-3, atol=1e-4)
+
+
 def test_deploy_fuse_leaves_other_blocks_alone():
     """A model without zoo residual blocks (VGG-Small: conv -> pool -> BN) is converted as
     without fuse; a 1w32a ResNet has no packed convs to fuse."""
