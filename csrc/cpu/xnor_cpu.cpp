@@ -14,6 +14,8 @@
 #include <mutex>
 #include <cstdlib>
 #include <string>
+#include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "core/bitpack.h"
@@ -323,13 +325,15 @@ void run_conv(ConvProblem& P, const Tensor& w_bits, const Tensor& scale) {
   const int64_t npan = (P.O + k->nr - 1) / k->nr;
   const int64_t opad = npan * k->nr;
   // per-channel factors padded to whole panels: the scale, or ones when there is none
-  Tensor factors = at::zeros({opad}, w_bits.options().dtype(at::kFloat));
+  // (plain memory, not a tensor: a few dispatcher calls less on every small layer)
+  std::vector<float> factors(static_cast<size_t>(opad), 0.0f);
   if (scale.defined()) {
-    factors.narrow(0, 0, P.O).copy_(scale);
-    P.scale = factors.const_data_ptr<float>();
+    const float* sc = scale.const_data_ptr<float>();  // float32, contiguous (checked_scale)
+    std::copy(sc, sc + P.O, factors.begin());
+    P.scale = factors.data();
   } else {
-    factors.narrow(0, 0, P.O).fill_(1.0f);
-    P.ones = factors.const_data_ptr<float>();
+    std::fill(factors.begin(), factors.begin() + P.O, 1.0f);
+    P.ones = factors.data();
   }
   const WeightLayout lay = weight_layout(w_bits, P, k);
   P.wpanel = reinterpret_cast<const uint64_t*>(lay.panels.const_data_ptr<int64_t>());
@@ -343,13 +347,13 @@ void run_conv(ConvProblem& P, const Tensor& w_bits, const Tensor& scale) {
   const bool in_place = P.kh == 1 && P.kw == 1 && P.sh == 1 && P.sw == 1 && P.ph == 0 && P.pw == 0 && k->split == 1;
   const RowsLayout RL = rows_layout(P, k->split);
   const bool padded_ok = RL.Hp * RL.Wp <= 4 * (P.H * P.W + P.Ho * P.Wo) + 1024;
-  Tensor xs_t;
+  std::unique_ptr<uint64_t[]> xs_buf;  // every word written by prep_rows
   std::vector<int64_t> xoff;
   if (!in_place && padded_ok) {
     xoff.resize(static_cast<size_t>(L));
     rows_offsets(P, k->split, xoff.data());
-    xs_t = at::empty({RL.total}, w_bits.options());
-    uint64_t* xs = reinterpret_cast<uint64_t*>(xs_t.data_ptr<int64_t>());
+    xs_buf.reset(new uint64_t[static_cast<size_t>(RL.total)]);
+    uint64_t* xs = xs_buf.get();
     // a cheap copy (a few words per input pixel): threads only for big inputs, since
     // every parallel region costs a wake-up of all threads (a scheduler slice on a
     // busy machine)
@@ -376,11 +380,12 @@ void run_conv(ConvProblem& P, const Tensor& w_bits, const Tensor& scale) {
   const int64_t workers = std::min<int64_t>(threads, ntasks);
   std::atomic<int64_t> next{0};
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    std::vector<uint64_t> scratch(static_cast<size_t>(scratch_words));
+    // (uninitialized: conv_block writes every part of it before reading it)
+    const std::unique_ptr<uint64_t[]> scratch(new uint64_t[static_cast<size_t>(scratch_words)]);
     for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < ntasks;
          t = next.fetch_add(1, std::memory_order_relaxed)) {
       const int64_t bm = t / groups, g = t % groups;
-      k->conv_block(P, bm * mb, std::min(M, bm * mb + mb), g * ppg, std::min(npan, g * ppg + ppg), scratch.data());
+      k->conv_block(P, bm * mb, std::min(M, bm * mb + mb), g * ppg, std::min(npan, g * ppg + ppg), scratch.get());
     }
   });
 }
