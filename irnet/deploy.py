@@ -57,9 +57,12 @@ class PackedConv2d(nn.Module):
     def in_channels(self) -> int:
         return self.weight_shape[1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _check_input(self, x: torch.Tensor):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"PackedConv2d: expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+            raise ValueError(f"{type(self).__name__}: expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
         y = torch.ops.irnet.xnor_conv2d(torch.ops.irnet.pack_bits(x), self.bits, self.scale.float(), self.in_channels,
                                         self.stride, self.padding, self.dilation, ops.wants_channels_last(x))
         y = y.to(x.dtype)
@@ -111,8 +114,7 @@ class FusedPackedConv2d(PackedConv2d):
         self.act_min, self.act_max = float(act_min), float(act_max)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"FusedPackedConv2d: expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        self._check_input(x)
         y = torch.ops.irnet.xnor_conv2d_fused(
             torch.ops.irnet.pack_bits(x), self.bits, self.scale.float(), self.in_channels, self.stride, self.padding,
             self.dilation, ops.wants_channels_last(x), self.alpha.float(), self.beta.float(),

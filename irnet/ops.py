@@ -124,25 +124,24 @@ def _(w):
     return w.new_empty(_packed_shape(w.shape), dtype=torch.int64), w.new_empty((w.shape[0],))
 
 
-@torch.library.register_fake("irnet::xnor_conv2d")
-def _(x_bits, w_bits, scale, in_channels, stride, padding, dilation, channels_last=False):
+def _fake_conv_output(x_bits, w_bits, stride, padding, dilation, channels_last):
     n, h, w_, _ = x_bits.shape
     o, kh, kw, _ = w_bits.shape
     ho = _conv_out(h, kh, stride[0], padding[0], dilation[0])
     wo = _conv_out(w_, kw, stride[1], padding[1], dilation[1])
     return torch.empty((n, o, ho, wo), dtype=torch.float32, device=x_bits.device,
                        memory_format=_conv_format(channels_last))
+
+
+@torch.library.register_fake("irnet::xnor_conv2d")
+def _(x_bits, w_bits, scale, in_channels, stride, padding, dilation, channels_last=False):
+    return _fake_conv_output(x_bits, w_bits, stride, padding, dilation, channels_last)
 
 
 @torch.library.register_fake("irnet::xnor_conv2d_fused")
 def _(x_bits, w_bits, scale, in_channels, stride, padding, dilation, channels_last, alpha, beta, residual, act_min,
       act_max):
-    n, h, w_, _ = x_bits.shape
-    o, kh, kw, _ = w_bits.shape
-    ho = _conv_out(h, kh, stride[0], padding[0], dilation[0])
-    wo = _conv_out(w_, kw, stride[1], padding[1], dilation[1])
-    return torch.empty((n, o, ho, wo), dtype=torch.float32, device=x_bits.device,
-                       memory_format=_conv_format(channels_last))
+    return _fake_conv_output(x_bits, w_bits, stride, padding, dilation, channels_last)
 
 
 @torch.library.register_fake("irnet::xnor_linear")
@@ -193,9 +192,6 @@ def _check_tensor(name: str, x, *, dims=None, min_dim=None, floating=True):
 
 
 def _check_same_device(**tensors):
-    devices = [t.device for t in tensors.values() if isinstance(t, torch.Tensor)]
-    if all(d == devices[0] for d in devices[1:]):  # (the common case, kept cheap: every call)
-        return
     devices = {name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)}
     if len(set(devices.values())) > 1:
         desc = ", ".join(f"{n} on {d}" for n, d in devices.items())
