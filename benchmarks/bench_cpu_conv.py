@@ -10,6 +10,9 @@ For every layer (batch 1 and 16; --quick: batch 1 only, fewer repeats) it times
                 (what a deployed layer runs);
   * xnor+wpack  irnet.ops.xnor_conv2d(x, w) with the float weight: packs it every call;
   * packed      torch.ops.irnet.xnor_conv2d on pre-packed activations and weights;
+  * pop, lut    the packed path with each CPU conv algorithm forced (where the level has
+                both: AVX2), to show which one "auto" (used by all the rows above) should
+                pick (irnet.ops.set_cpu_conv_algorithm);
 (the kernels keep the inner-loop layout of a weight between calls, verified equal to
 the weight bits each call, so xnor and packed time a deployed layer's steady state);
   * float32     torch.nn.functional.conv2d, same input, same thread count;
@@ -104,7 +107,9 @@ def main(argv=None):
           f"torch {torch.__version__}, malloc {args.malloc}, load average {load_start:.2f}")
     print(f"binary peak at start (register tile, L1-resident, all threads): {peak_start / 1e9:.0f} GMAC/s\n")
     peak = peak_start  # refined at the end: the best of both probes
-    hdr = (f"{'layer':<22}{'float32':>10}{'xnor':>10}{'+wpack':>10}{'packed':>10}{'ref':>10}"
+    algos = [a for a in ("popcount", "lut") if "lut" in ops.cpu_conv_algorithms()]
+    hdr = (f"{'layer':<22}{'float32':>10}{'xnor':>10}{'+wpack':>10}{'packed':>10}"
+           + "".join(f"{a[:3]:>8}" for a in algos) + f"{'ref':>10}"
            f"{'bin GMAC/s':>12}{'% peak':>8}{'speedup':>9}{'packed x':>9}")
     print(hdr + "\n" + "-" * len(hdr))
     rows = []
@@ -126,7 +131,13 @@ def main(argv=None):
             macs = batch * c * c * 9 * hw * hw
             if macs <= REFERENCE_MAX_MACS:
                 fns["reference"] = lambda: ref.xnor_conv2d_bits(xb, pw.bits, None, c, (1, 1), (1, 1), (1, 1))
-            t, tmin = time_round_robin(fns, repeats if macs > 1e6 else 3 * repeats)
+            # every method runs with its algorithm setting made just before it (untimed)
+            before = {k: (lambda: ops.set_cpu_conv_algorithm("auto")) for k in fns}
+            for a in algos:
+                fns["packed_" + a] = fns["packed"]
+                before["packed_" + a] = (lambda a=a: ops.set_cpu_conv_algorithm(a))
+            t, tmin = time_round_robin(fns, repeats if macs > 1e6 else 3 * repeats, before=before)
+            ops.set_cpu_conv_algorithm("auto")
             row = {
                 "net": net, "channels": c, "size": hw, "batch": batch, "macs": macs,
                 "time_s": t,
@@ -139,14 +150,18 @@ def main(argv=None):
                 "speedup_xnor_wpack": t["float32"] / t["xnor_wpack"],
                 "speedup_packed": t["float32"] / t["packed"],
                 "speedup_vs_reference": (t["reference"] / t["xnor"]) if "reference" in t else None,
+                "lut_over_popcount": (t["packed_popcount"] / t["packed_lut"]) if algos else None,
             }
             rows.append(row)
             name = f"{net} {c}@{hw} b{batch}"
             ms = lambda k: f"{t[k] * 1e3:10.3f}" if k in t else f"{'-':>10}"  # noqa: E731
-            print(f"{name:<22}{ms('float32')}{ms('xnor')}{ms('xnor_wpack')}{ms('packed')}{ms('reference')}"
+            ms8 = lambda k: f"{t[k] * 1e3:8.3f}"  # noqa: E731
+            print(f"{name:<22}{ms('float32')}{ms('xnor')}{ms('xnor_wpack')}{ms('packed')}"
+                  + "".join(ms8("packed_" + a) for a in algos) + f"{ms('reference')}"
                   f"{row['binary_gmacs_packed']:12.0f}{row['fraction_of_peak'] * 100:7.0f}%"
                   f"{row['speedup_xnor']:8.1f}x{row['speedup_packed']:8.1f}x")
-    print("(times in ms; speedup = float32 / xnor, packed x = float32 / packed)\n")
+    print("(times in ms; speedup = float32 / xnor, packed x = float32 / packed"
+          + ("; pop, lut: packed with that algorithm forced" if algos else "") + ")\n")
     # other processes can only slow a probe down: take the best of the start and end probes
     peak_end = measure_peak()
     peak = max(peak_start, peak_end)
@@ -181,6 +196,7 @@ def main(argv=None):
 
     result = {
         "machine": {"cpu": cpu_name(), "threads": args.threads, "malloc": args.malloc, "simd_level": level, "simd_levels": ops.cpu_simd_levels(),
+                    "conv_algorithm": "auto", "algorithms_compared": algos,
                     "torch": torch.__version__, "load_average_start": load_start, "python": platform.python_version()},
         "peak_binary_macs_per_s": peak,
         "peak_binary_macs_per_s_start_end": [peak_start, peak_end],

@@ -407,3 +407,37 @@ def set_cpu_simd_level(level: str) -> None:
 
         warnings.warn(f"irnet: the compiled CPU kernels are not loaded; set_cpu_simd_level({level!r}) does nothing",
                       RuntimeWarning, stacklevel=2)
+
+
+# The CPU binary convolution has two algorithms: "popcount" (the XNOR-popcount register
+# tile, every level) and "lut" (table lookups on 4-channel nibbles, AVX2 level only:
+# faster for layers with few input channels on large images, see csrc/cpu/xnor_lut.h).
+# "auto" (the default, or IRNET_CPU_CONV=auto|popcount|lut at load) picks per layer.
+# Both are exact: the choice changes speed, never a result.
+def _has_algorithm_ops() -> bool:
+    return _ext.LOADED and hasattr(torch.ops.irnet, "cpu_conv_algorithm")
+
+
+def cpu_conv_algorithm() -> str:
+    """The CPU convolution algorithm setting: 'auto', 'popcount' or 'lut' ('reference'
+    without the compiled kernels)."""
+    return torch.ops.irnet.cpu_conv_algorithm() if _has_algorithm_ops() else "reference"
+
+
+def cpu_conv_algorithms() -> list:
+    """The settings that make a difference at the current SIMD level: ['auto', 'popcount',
+    'lut'] at 'avx2', ['auto', 'popcount'] elsewhere (there 'lut' runs popcount)."""
+    return list(torch.ops.irnet.cpu_conv_algorithms()) if _has_algorithm_ops() else ["reference"]
+
+
+def set_cpu_conv_algorithm(algorithm: str) -> None:
+    """Set the CPU convolution algorithm: 'auto' (per layer), 'popcount', or 'lut' (wherever
+    the LUT kernel applies: AVX2 level, at most 16383 nibble steps per dot).  Raises
+    RuntimeError for another name; a no-op on the reference path."""
+    if _has_algorithm_ops():
+        torch.ops.irnet.set_cpu_conv_algorithm(str(algorithm))
+    elif algorithm != "reference":
+        import warnings
+
+        warnings.warn(f"irnet: the compiled CPU kernels are not loaded; set_cpu_conv_algorithm({algorithm!r}) does "
+                      "nothing", RuntimeWarning, stacklevel=2)

@@ -9,18 +9,10 @@ import torch
 import irnet
 from irnet import ops
 from irnet import reference as ref
-from test_xnor_cpu import CONV_CASES, LEVELS, case_id, needs_kernels, pow2_scale, rand_pm
+from test_xnor_cpu import CONV_CASES, case_id, level, needs_kernels, pow2_scale, rand_pm  # noqa: F401 (level: fixture)
 
 INF = math.inf
 ACTS = [(-1.0, 1.0), (0.0, INF), (-INF, INF), (-0.25, 0.5)]
-
-
-@pytest.fixture(params=LEVELS)
-def level(request):
-    before = ops.cpu_simd_level()
-    ops.set_cpu_simd_level(request.param)
-    yield request.param
-    ops.set_cpu_simd_level(before)
 
 
 def out_size(size, k, s, p, d):

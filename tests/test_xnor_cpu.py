@@ -17,13 +17,35 @@ needs_kernels = pytest.mark.skipif(not COMPILED, reason="compiled CPU XNOR kerne
 LEVELS = ops.cpu_simd_levels() if COMPILED else ["reference"]
 
 
-@pytest.fixture(params=LEVELS)
-def level(request):
+def kernel_configs():
+    """(SIMD level, conv algorithm) pairs that run different code: every level with the
+    'auto' choice, and where the LUT kernel exists (avx2) each algorithm forced too."""
+    if not COMPILED:
+        return [("reference", "reference")]
     before = ops.cpu_simd_level()
-    ops.set_cpu_simd_level(request.param)
-    assert ops.cpu_simd_level() == request.param
-    yield request.param
+    configs = []
+    for lvl in LEVELS:
+        ops.set_cpu_simd_level(lvl)
+        algos = ops.cpu_conv_algorithms()
+        configs += [(lvl, "auto")] + ([(lvl, a) for a in algos if a != "auto"] if "lut" in algos else [])
     ops.set_cpu_simd_level(before)
+    return configs
+
+
+KERNEL_CONFIGS = kernel_configs()
+
+
+@pytest.fixture(params=KERNEL_CONFIGS, ids=[lv if a in ("auto", "reference") else f"{lv}-{a}" for lv, a in KERNEL_CONFIGS])
+def level(request):
+    """Runs the test at one SIMD level and conv algorithm; yields 'level' or 'level-algorithm'."""
+    lvl, algo = request.param
+    before = ops.cpu_simd_level(), ops.cpu_conv_algorithm()
+    ops.set_cpu_simd_level(lvl)
+    ops.set_cpu_conv_algorithm(algo)
+    assert ops.cpu_simd_level() == lvl and ops.cpu_conv_algorithm() == algo
+    yield lvl if algo in ("auto", "reference") else f"{lvl}-{algo}"
+    ops.set_cpu_simd_level(before[0])
+    ops.set_cpu_conv_algorithm(before[1])
 
 
 def rand_pm(*shape, dtype=torch.float32):
@@ -62,6 +84,13 @@ CONV_CASES = [
     (1, 32, 7, 7, 9, (3, 3), (2, 2), (1, 1), (1, 1)),
     (1, 31, 8, 9, 5, (5, 5), (1, 1), (2, 2), (1, 1)),
     (2, 7, 9, 9, 3, (7, 7), (1, 1), (3, 3), (1, 1)),
+    # rows of 16+ pixels (the LUT kernel's vector plane fill, stride 1 and 2), several
+    # 32-position vectors and tasks per image, dots longer than one 63-step byte chunk
+    (2, 16, 20, 33, 5, (3, 3), (1, 1), (1, 1), (1, 1)),
+    (1, 40, 17, 35, 6, (3, 3), (2, 2), (1, 1), (1, 1)),
+    (1, 70, 16, 18, 3, (3, 3), (1, 1), (1, 1), (1, 1)),
+    (3, 5, 19, 40, 4, (5, 5), (3, 3), (2, 2), (1, 1)),
+    (1, 3, 33, 48, 2, (3, 3), (2, 1), (0, 4), (1, 3)),
 ]
 
 
@@ -213,6 +242,40 @@ def test_weight_changed_in_place_between_calls(level):
         again = torch.ops.irnet.xnor_conv2d(xb, wb, None, *args)
         assert torch.equal(again, ref.xnor_conv2d_bits(xb, wb, None, c, (1, 1), (1, 1), (1, 1)))
         assert not torch.equal(again, first)
+
+
+@needs_kernels
+def test_same_weight_bits_with_other_in_channels(level):
+    """The kept weight layouts are keyed by the channel count too: 18 and 20 channels
+    have the same words and (zero tail) bits, but the LUT kernel's tables differ."""
+    wb = ref.pack_bits(rand_pm(4, 18, 3, 3))  # bits of channels 18, 19 are zero
+    for c in (18, 20, 18):
+        xb = ref.pack_bits(rand_pm(2, c, 20, 21))
+        got = torch.ops.irnet.xnor_conv2d(xb, wb, None, c, [1, 1], [1, 1], [1, 1])
+        assert torch.equal(got, ref.xnor_conv2d_bits(xb, wb, None, c, (1, 1), (1, 1), (1, 1))), (level, c)
+
+
+@needs_kernels
+def test_conv_algorithm_setting():
+    before = ops.cpu_conv_algorithm()
+    assert before in ("auto", "popcount", "lut")
+    assert ops.cpu_conv_algorithms()[:2] == ["auto", "popcount"]
+    try:
+        for algo in ("popcount", "lut", "auto"):
+            ops.set_cpu_conv_algorithm(algo)
+            assert ops.cpu_conv_algorithm() == algo
+        with pytest.raises(RuntimeError, match="one of auto, popcount, lut"):
+            ops.set_cpu_conv_algorithm("xnor")
+    finally:
+        ops.set_cpu_conv_algorithm(before)
+    env = dict(os.environ, IRNET_CPU_CONV="lut")
+    code = "import irnet; print(irnet.ops.cpu_conv_algorithm())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "lut", out.stderr
+    env["IRNET_CPU_CONV"] = "fast"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "auto", out.stderr
+    assert "IRNET_CPU_CONV=fast" in out.stderr
 
 
 @needs_kernels

@@ -20,6 +20,7 @@
 
 #include "core/bitpack.h"
 #include "core/conv_geometry.h"
+#include "cpu/xnor_lut.h"
 #include "cpu/xnor_simd.h"
 
 namespace irnet {
@@ -77,6 +78,49 @@ void set_cpu_simd_level(const std::string& level) {
               supported_list(), "), got '", level, "'",
               is_known_level(level.c_str()) ? " (known, but this CPU lacks the instructions)" : " (unknown level)");
   level_slot().store(k, std::memory_order_relaxed);
+}
+
+// ---------------------------------------------------------------- conv algorithm choice
+// "popcount": the XNOR-popcount tile of every level; "lut": the table-lookup kernel
+// (xnor_lut.h; AVX2 level only) wherever it applies; "auto": lut where it is the faster
+// one (few input channels, see prefers_lut), popcount elsewhere.  IRNET_CPU_CONV sets the
+// choice at load.
+const char* const kAlgoNames[] = {"auto", "popcount", "lut"};
+constexpr int kAlgoAuto = 0, kAlgoPopcount = 1, kAlgoLut = 2;
+
+int algo_index(const std::string& name) {
+  for (int i = 0; i < 3; ++i)
+    if (name == kAlgoNames[i]) return i;
+  return -1;
+}
+
+int initial_algo() {
+  const char* env = std::getenv("IRNET_CPU_CONV");
+  if (env == nullptr || *env == '\0') return kAlgoAuto;
+  const int i = algo_index(env);
+  if (i >= 0) return i;
+  TORCH_WARN("irnet: IRNET_CPU_CONV=", env, " is not one of auto, popcount, lut; using 'auto'");
+  return kAlgoAuto;
+}
+
+std::atomic<int>& algo_slot() {
+  static std::atomic<int> slot{initial_algo()};
+  return slot;
+}
+const bool kAlgoChosen = (algo_slot(), true);
+
+std::string cpu_conv_algorithm() { return kAlgoNames[algo_slot().load(std::memory_order_relaxed)]; }
+
+// The algorithms that differ at the current level: the LUT kernel exists at "avx2" only.
+std::vector<std::string> cpu_conv_algorithms() {
+  if (std::strcmp(current()->name, "avx2") == 0 && lut_kernels() != nullptr) return {"auto", "popcount", "lut"};
+  return {"auto", "popcount"};
+}
+
+void set_cpu_conv_algorithm(const std::string& name) {
+  const int i = algo_index(name);
+  TORCH_CHECK(i >= 0, "irnet::set_cpu_conv_algorithm: expected one of auto, popcount, lut, got '", name, "'");
+  algo_slot().store(i, std::memory_order_relaxed);
 }
 
 // ---------------------------------------------------------------- pack_bits
@@ -238,14 +282,16 @@ Tensor checked_scale(const char* op, const std::optional<Tensor>& scale, int64_t
 // the w_bits of this call (a read of the weight: far cheaper than the re-layout, and
 // safe whatever changed the weight in place), for the same level and geometry.
 struct WeightLayout {
-  Tensor panels, wrect;
+  Tensor panels, wrect;  // the popcount tile's
+  Tensor wofs;           // the LUT kernel's table offsets (xnor_lut.h), int16 [opad][K]
 };
 
 struct LayoutEntry {
   const void* data = nullptr;  // w_bits data pointer (lookup hint; the copy decides)
   Tensor copy;                 // the weight bits the layout was built from
   const LevelKernels* level = nullptr;
-  int64_t O = 0, kh = 0, kw = 0, words = 0;
+  const LutKernels* lut = nullptr;  // set: the LUT layout
+  int64_t O = 0, kh = 0, kw = 0, words = 0, C = 0;
   WeightLayout layout;
   uint64_t last_use = 0;
 };
@@ -257,13 +303,23 @@ std::mutex g_layout_mutex;
 std::vector<LayoutEntry> g_layouts;
 uint64_t g_layout_clock = 0;
 
-WeightLayout build_layout(const Tensor& w_bits, const ConvProblem& P, const LevelKernels* k) {
+WeightLayout build_layout(const Tensor& w_bits, const ConvProblem& P, const LevelKernels* k, const LutKernels* lut) {
+  const uint64_t* wsrc = reinterpret_cast<const uint64_t*>(w_bits.const_data_ptr<int64_t>());
+  WeightLayout out;
+  if (lut) {
+    const LutGeometry G = lut_geometry(P, lut->qv);
+    const int64_t opad = (P.O + lut->ot - 1) / lut->ot * lut->ot;
+    out.wofs = at::empty({opad * G.K}, w_bits.options().dtype(at::kShort));
+    uint16_t* dst = reinterpret_cast<uint16_t*>(out.wofs.data_ptr<int16_t>());
+    at::parallel_for(0, opad, std::max<int64_t>(1, 16384 / G.K), [&](int64_t b, int64_t e) {
+      lut_weight_offsets(wsrc, P, G, b, e, dst);
+    });
+    return out;
+  }
   const int64_t L = P.kh * P.kw * P.words;
   const int64_t npan = (P.O + k->nr - 1) / k->nr;
-  WeightLayout out;
   out.panels = at::empty({npan * L * k->nr * k->split}, w_bits.options());
   out.wrect = at::empty({(P.kh + 1) * (P.kw + 1) * npan * k->nr}, w_bits.options().dtype(at::kInt));
-  const uint64_t* wsrc = reinterpret_cast<const uint64_t*>(w_bits.const_data_ptr<int64_t>());
   uint64_t* pdst = reinterpret_cast<uint64_t*>(out.panels.data_ptr<int64_t>());
   int32_t* rdst = out.wrect.data_ptr<int32_t>();
   at::parallel_for(0, npan, std::max<int64_t>(1, 8192 / (L * k->nr)), [&](int64_t b, int64_t e) {
@@ -272,31 +328,34 @@ WeightLayout build_layout(const Tensor& w_bits, const ConvProblem& P, const Leve
   return out;
 }
 
-WeightLayout weight_layout(const Tensor& w_bits, const ConvProblem& P, const LevelKernels* k) {
+WeightLayout weight_layout(const Tensor& w_bits, const ConvProblem& P, const LevelKernels* k,
+                           const LutKernels* lut = nullptr) {
   const int64_t n = w_bits.numel();
-  if (n > kLayoutCacheMaxWeightWords) return build_layout(w_bits, P, k);
+  if (n > kLayoutCacheMaxWeightWords) return build_layout(w_bits, P, k, lut);
   const void* data = w_bits.const_data_ptr();
   {
     std::lock_guard<std::mutex> lock(g_layout_mutex);
     for (LayoutEntry& e : g_layouts) {
-      if (e.data == data && e.level == k && e.O == P.O && e.kh == P.kh && e.kw == P.kw && e.words == P.words &&
+      if (e.data == data && e.level == k && e.lut == lut && e.O == P.O && e.kh == P.kh && e.kw == P.kw &&
+          e.words == P.words && e.C == P.C &&
           std::memcmp(e.copy.const_data_ptr(), data, size_t(n) * sizeof(int64_t)) == 0) {
         e.last_use = ++g_layout_clock;
         return e.layout;
       }
     }
   }
-  WeightLayout built = build_layout(w_bits, P, k);
+  WeightLayout built = build_layout(w_bits, P, k, lut);
   LayoutEntry entry;
   entry.data = data;
   entry.copy = w_bits.clone();
   entry.level = k;
-  entry.O = P.O, entry.kh = P.kh, entry.kw = P.kw, entry.words = P.words;
+  entry.lut = lut;
+  entry.O = P.O, entry.kh = P.kh, entry.kw = P.kw, entry.words = P.words, entry.C = P.C;
   entry.layout = built;
   std::lock_guard<std::mutex> lock(g_layout_mutex);
   entry.last_use = ++g_layout_clock;
   for (LayoutEntry& e : g_layouts) {  // same weight buffer, new contents: replace
-    if (e.data == data && e.level == k) {
+    if (e.data == data && e.level == k && e.lut == lut) {
       e = std::move(entry);
       return built;
     }
@@ -310,6 +369,88 @@ WeightLayout weight_layout(const Tensor& w_bits, const ConvProblem& P, const Lev
     g_layouts[victim] = std::move(entry);
   }
   return built;
+}
+
+// The LUT kernel for this problem, or nullptr for the popcount tile: only at the AVX2
+// level, for dots of at most kLutMaxSteps nibble steps, and where the padded planes stay
+// within a few times the input and output (as for the popcount path's padded copy).
+// "auto" takes it for few input channels, where the popcount tile wastes most of each
+// 64-bit word (16 channels: 3/4 of it) and the LUT kernel's 4-channel steps do not;
+// measured in benchmarks/bench_cpu_conv.py --algorithms.
+// The LUT kernel computes whole 32-position vectors of the Wq-pitched output grid, so its
+// share of useful positions (Ho*Wo over the vectors that cover each image's grid) counts
+// too: small images waste a good part of it.  Interleaved A/B on the 2-core Zen 3 of
+// benchmarks/results (2 threads, packed input, lut vs popcount): 16@32 1.5x (b1) / 2.3x
+// (b16), 32@16 1.0x / 1.36x, 64@56 1.2x / 1.27x, 128@28 0.94x, 64@8 0.86x / 0.62x.
+bool prefers_lut(const ConvProblem& P, const LutGeometry& G) {
+  const double useful = double(P.Ho * P.Wo) / double((G.Qn + 31) / 32 * 32);
+  return (P.C <= 32 && useful >= 0.6) || (P.C <= 64 && useful >= 0.85);
+}
+
+const LutKernels* lut_for(const ConvProblem& P, const LevelKernels* k) {
+  const int algo = algo_slot().load(std::memory_order_relaxed);
+  if (algo == kAlgoPopcount || std::strcmp(k->name, "avx2") != 0) return nullptr;
+  const LutKernels* lut = lut_kernels();
+  if (lut == nullptr) return nullptr;
+  const LutGeometry G = lut_geometry(P, lut->qv);
+  if (G.K > kLutMaxSteps || G.S * G.plane > 4 * (P.H * P.W + P.Ho * P.Wo) + 1024) return nullptr;
+  return algo == kAlgoLut || prefers_lut(P, G) ? lut : nullptr;
+}
+
+// The LUT convolution (xnor_lut.h): nibble planes of the input (threads over plane
+// rows), then tasks of (image, a run of output grid positions, a group of channels)
+// handed out from a shared counter, as in run_conv.
+void run_conv_lut(ConvProblem& P, const Tensor& w_bits, const LutKernels* lut) {
+  const LutGeometry G = lut_geometry(P, lut->qv);
+  const WeightLayout lay = weight_layout(w_bits, P, current(), lut);
+  std::vector<int64_t> xoff(static_cast<size_t>(G.K));
+  lut_offsets(P, G, xoff.data());
+  std::vector<int32_t> nh(static_cast<size_t>(P.Ho)), nw(static_cast<size_t>(P.Wo));
+  for (int64_t i = 0; i < P.Ho; ++i) {
+    const core::TapRange t = core::tap_range(i, P.kh, P.sh, P.ph, P.dh, P.H);
+    nh[size_t(i)] = int32_t(t.t1 - t.t0);
+  }
+  for (int64_t i = 0; i < P.Wo; ++i) {
+    const core::TapRange t = core::tap_range(i, P.kw, P.sw, P.pw, P.dw, P.W);
+    nw[size_t(i)] = int32_t(t.t1 - t.t0);
+  }
+  const std::unique_ptr<uint8_t[]> planes(new uint8_t[static_cast<size_t>(G.total)]);
+  const int64_t filled = P.N * G.image;
+  std::memset(planes.get() + filled, 0x80, static_cast<size_t>(G.total - filled));  // slack: padding bytes
+  const int64_t units = P.N * P.sh * G.Hq;
+  at::parallel_for(0, units, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, G.C4 * G.Wq * P.sw)),
+                   [&](int64_t b, int64_t e) { lut->prep_planes(P, G, b, e, planes.get()); });
+  LutProblem L;
+  L.P = &P;
+  L.G = G;
+  L.planes = planes.get();
+  L.xoff = xoff.data();
+  L.wofs = reinterpret_cast<const uint16_t*>(lay.wofs.const_data_ptr<int16_t>());
+  L.nh = nh.data();
+  L.nw = nw.data();
+  L.scale = P.scale ? P.scale : P.ones;
+  const int64_t qb = 4 * lut->qv;  // grid positions per task
+  const int64_t nq = (G.Qn + qb - 1) / qb;
+  const int64_t otiles = (P.O + lut->ot - 1) / lut->ot;
+  const int64_t threads = at::get_num_threads();
+  int64_t groups = 1;
+  if (P.N * nq < 4 * threads) groups = std::min<int64_t>(otiles, (4 * threads + P.N * nq - 1) / (P.N * nq));
+  const int64_t tpg = (otiles + groups - 1) / groups;  // channel tiles per group
+  groups = (otiles + tpg - 1) / tpg;
+  const int64_t ntasks = P.N * nq * groups;
+  const int64_t workers = std::min<int64_t>(threads, ntasks);
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    const std::unique_ptr<unsigned char[]> scratch(
+        new unsigned char[static_cast<size_t>(lut->scratch_bytes(tpg * lut->ot))]);
+    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < ntasks;
+         t = next.fetch_add(1, std::memory_order_relaxed)) {
+      const int64_t g = t % groups, nqi = t / groups;
+      const int64_t n = nqi / nq, iq = nqi % nq;
+      const int64_t o0 = g * tpg * lut->ot, o1 = std::min(P.O, (g + 1) * tpg * lut->ot);
+      lut->conv_block(L, n, iq * qb, std::min(G.Qn, iq * qb + qb), o0, o1, scratch.get());
+    }
+  });
 }
 
 // Splits output pixels into blocks and, when there are too few blocks for the threads,
@@ -334,6 +475,10 @@ void run_conv(ConvProblem& P, const Tensor& w_bits, const Tensor& scale) {
   } else {
     std::fill(factors.begin(), factors.begin() + P.O, 1.0f);
     P.ones = factors.data();
+  }
+  if (const LutKernels* lut = lut_for(P, k)) {
+    run_conv_lut(P, w_bits, lut);
+    return;
   }
   const WeightLayout lay = weight_layout(w_bits, P, k);
   P.wpanel = reinterpret_cast<const uint64_t*>(lay.panels.const_data_ptr<int64_t>());
@@ -558,5 +703,8 @@ TORCH_LIBRARY_FRAGMENT(irnet, m) {
   m.def("cpu_simd_level() -> str", &irnet::cpu::cpu_simd_level);
   m.def("cpu_simd_levels() -> str[]", &irnet::cpu::cpu_simd_levels);
   m.def("set_cpu_simd_level(str level) -> ()", &irnet::cpu::set_cpu_simd_level);
+  m.def("cpu_conv_algorithm() -> str", &irnet::cpu::cpu_conv_algorithm);
+  m.def("cpu_conv_algorithms() -> str[]", &irnet::cpu::cpu_conv_algorithms);
+  m.def("set_cpu_conv_algorithm(str algorithm) -> ()", &irnet::cpu::set_cpu_conv_algorithm);
   m.def("cpu_popcount_peak_bench(int words, int iters) -> float", &irnet::cpu::cpu_popcount_peak_bench);
 }

@@ -8,6 +8,8 @@
 
 #include "core/bitpack.h"
 #include "core/conv_geometry.h"
+#include "cpu/avx2_transpose.h"
+#include "cpu/fused_epilogue.h"
 
 #if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
 #define IRNET_X86 1
@@ -156,29 +158,8 @@ struct Ops {
     if (!first) q = _mm256_add_epi64(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(out)));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), q);
   }
-  // 8x8 float transpose: out[q*stride + p] = y[p*ld + q] for p, q < 8 (unpack pairs,
-  // then 64-bit pairs, then swap 128-bit halves): 24 shuffles and 8 contiguous stores
-  // instead of 64 scattered ones.
-  static IRNET_INLINE void transpose8_store(const float* y, int64_t ld, float* out, int64_t stride) {
-    __m256 r[8], t[8];
-    for (int p = 0; p < 8; ++p) r[p] = _mm256_loadu_ps(y + p * ld);
-    for (int p = 0; p < 8; p += 2) {
-      t[p] = _mm256_unpacklo_ps(r[p], r[p + 1]);      // p0q0 p1q0 p0q1 p1q1 | q4 q5
-      t[p + 1] = _mm256_unpackhi_ps(r[p], r[p + 1]);  // q2 q3 | q6 q7
-    }
-    for (int p = 0; p < 8; p += 4) {
-      for (int h = 0; h < 2; ++h) {
-        const __m256d a = _mm256_castps_pd(t[p + h]), b = _mm256_castps_pd(t[p + 2 + h]);
-        r[p + 2 * h] = _mm256_castpd_ps(_mm256_unpacklo_pd(a, b));      // p0..3 of q(2h) | q(2h+4)
-        r[p + 2 * h + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(a, b));  // p0..3 of q(2h+1) | q(2h+5)
-      }
-    }
-    for (int q = 0; q < 4; ++q) {
-      _mm256_storeu_ps(out + q * stride, _mm256_permute2f128_ps(r[q], r[4 + q], 0x20));
-      _mm256_storeu_ps(out + (q + 4) * stride, _mm256_permute2f128_ps(r[q], r[4 + q], 0x31));
-    }
-  }
-  static IRNET_INLINE void store_cols(const float* y, float* out, int64_t stride) { transpose8_store(y, NR_, out, stride); }
+  // (cpu/avx2_transpose.h)
+  static IRNET_INLINE void store_cols(const float* y, float* out, int64_t stride) { transpose8x8_store(y, NR_, out, stride); }
   // The 8 counts of a tile row, in registers: VPSADBW sums each 64-bit lane's bytes
   // (plus the earlier chunks' int64 counts, if any); the counts (< 2^31) are the low
   // dwords, gathered by SHUFPS (channels 0 1 4 5 | 2 3 6 7) and VPERMQ (0..7).
@@ -312,8 +293,8 @@ struct Ops {
   }
   // 8 pixels x 16 channels: the AVX2 8x8 transpose on each half of the channels
   static IRNET_INLINE void store_cols(const float* y, float* out, int64_t stride) {
-    avx2::Ops::transpose8_store(y, 16, out, stride);
-    avx2::Ops::transpose8_store(y + 8, 16, out + 8 * stride, stride);
+    transpose8x8_store(y, 16, out, stride);
+    transpose8x8_store(y + 8, 16, out + 8 * stride, stride);
   }
   // (the AVX2 routine: this level's machines have AVX2)
   static constexpr bool PACK64 = true;

@@ -10,6 +10,7 @@
 
 #include "core/bitpack.h"
 #include "core/conv_geometry.h"
+#include "cpu/xnor_lut.h"
 #include "cpu/xnor_simd.h"
 
 using namespace irnet;
@@ -170,6 +171,90 @@ static std::vector<uint64_t> random_bits(int64_t rows, int64_t channels) {
   return v;
 }
 
+// Convolution cases of both kernels (a linear layer is the 1x1 case with H = W = 1).
+struct ConvCase {
+  int64_t N, C, H, W, O, kh, kw, s, p, d;
+};
+const ConvCase kConvCases[] = {
+    {1, 1, 5, 6, 3, 3, 3, 1, 1, 1},  {2, 63, 7, 5, 9, 3, 3, 2, 1, 1},  {1, 64, 6, 6, 16, 3, 3, 1, 1, 1},
+    {2, 65, 8, 9, 7, 5, 5, 1, 2, 1}, {1, 127, 9, 7, 17, 7, 7, 2, 3, 1}, {1, 200, 9, 9, 5, 3, 3, 1, 2, 2},
+    {3, 130, 4, 5, 11, 1, 1, 1, 0, 1}, {2, 70, 9, 8, 8, 1, 1, 2, 0, 1}, {1, 64, 5, 5, 3, 3, 3, 1, 3, 1},
+    {5, 1000, 1, 1, 21, 1, 1, 1, 0, 1}, {1, 2000, 3, 3, 9, 3, 3, 1, 1, 1}, {2, 20, 6, 11, 5, 3, 1, 1, 0, 2},
+    {2, 16, 20, 33, 5, 3, 3, 1, 1, 1}, {1, 40, 17, 35, 6, 3, 3, 2, 1, 1}, {1, 3, 18, 40, 2, 5, 5, 3, 2, 1},
+};
+
+static cpu::ConvProblem conv_problem(const ConvCase& c) {
+  cpu::ConvProblem P;
+  P.N = c.N, P.C = c.C, P.H = c.H, P.W = c.W, P.words = core::num_words(c.C);
+  P.O = c.O, P.kh = c.kh, P.kw = c.kw, P.sh = P.sw = c.s, P.ph = P.pw = c.p, P.dh = P.dw = c.d;
+  P.Ho = core::conv_out_size(c.H, c.kh, c.s, c.p, c.d);
+  P.Wo = core::conv_out_size(c.W, c.kw, c.s, c.p, c.d);
+  return P;
+}
+
+// The AVX2 table-lookup kernel (cpu/xnor_lut.h) on every case, run in uneven position
+// blocks and channel groups, NCHW and channels_last, against the naive conv.
+static void test_lut() {
+  const cpu::LutKernels* k = cpu::lut_kernels();
+  if (k == nullptr) {
+    std::printf("LUT kernel: not available on this CPU\n");
+    return;
+  }
+  std::printf("testing the LUT kernel\n");
+  for (const ConvCase& c : kConvCases) {
+    cpu::ConvProblem P = conv_problem(c);
+    const cpu::LutGeometry G = cpu::lut_geometry(P, k->qv);
+    if (G.K > cpu::kLutMaxSteps) continue;
+    const std::vector<uint64_t> x = random_bits(c.N * c.H * c.W, c.C);
+    const std::vector<uint64_t> w = random_bits(c.O * c.kh * c.kw, c.C);
+    const int64_t opad = (c.O + k->ot - 1) / k->ot * k->ot;
+    std::vector<uint16_t> wofs(opad * G.K);
+    cpu::lut_weight_offsets(w.data(), P, G, 0, opad, wofs.data());
+    std::vector<int64_t> xoff(G.K);
+    cpu::lut_offsets(P, G, xoff.data());
+    std::vector<int32_t> nh(P.Ho), nw(P.Wo);
+    for (int64_t i = 0; i < P.Ho; ++i) {
+      const core::TapRange t = core::tap_range(i, P.kh, P.sh, P.ph, P.dh, P.H);
+      nh[i] = int32_t(t.t1 - t.t0);
+    }
+    for (int64_t i = 0; i < P.Wo; ++i) {
+      const core::TapRange t = core::tap_range(i, P.kw, P.sw, P.pw, P.dw, P.W);
+      nw[i] = int32_t(t.t1 - t.t0);
+    }
+    P.x = x.data();
+    std::vector<uint8_t> planes(G.total, 0x80);
+    const int64_t units = P.N * P.sh * G.Hq;
+    for (int64_t u0 = 0; u0 < units; u0 += 3) k->prep_planes(P, G, u0, u0 + 3 < units ? u0 + 3 : units, planes.data());
+    std::vector<float> scale(c.O);
+    for (int64_t o = 0; o < c.O; ++o) scale[o] = std::ldexp(1.0f, int(rng() % 7) - 3);
+    cpu::LutProblem L;
+    L.P = &P, L.G = G, L.planes = planes.data(), L.xoff = xoff.data(), L.wofs = wofs.data();
+    L.nh = nh.data(), L.nw = nw.data(), L.scale = scale.data();
+    const std::vector<float> want = naive_conv(x, w, &scale, P);
+    for (int cl = 0; cl < 2; ++cl) {
+      std::vector<float> out(P.N * c.O * P.Ho * P.Wo, NAN);
+      P.out = out.data();
+      P.out_cl = cl == 1;
+      const int64_t qb = 37, og = k->ot;  // blocks that do not line up with the vectors
+      std::vector<unsigned char> scratch(k->scratch_bytes(og));
+      for (int64_t n = 0; n < P.N; ++n)
+        for (int64_t q0 = 0; q0 < G.Qn; q0 += qb)
+          for (int64_t o0 = 0; o0 < c.O; o0 += og)
+            k->conv_block(L, n, q0, q0 + qb < G.Qn ? q0 + qb : G.Qn, o0, o0 + og < c.O ? o0 + og : c.O, scratch.data());
+      int bad = 0;
+      for (int64_t n = 0; n < P.N; ++n)
+        for (int64_t o = 0; o < c.O; ++o)
+          for (int64_t m = 0; m < P.Ho * P.Wo; ++m) {
+            const float got = cl ? out[(n * P.Ho * P.Wo + m) * c.O + o] : out[(n * c.O + o) * P.Ho * P.Wo + m];
+            bad += std::memcmp(&got, &want[(n * c.O + o) * P.Ho * P.Wo + m], sizeof(float)) != 0;
+          }
+      CHECK(bad == 0, "lut conv N=%lld C=%lld %lldx%lld O=%lld k=%lldx%lld s=%lld p=%lld d=%lld cl=%d: %d wrong",
+            (long long)c.N, (long long)c.C, (long long)c.H, (long long)c.W, (long long)c.O, (long long)c.kh,
+            (long long)c.kw, (long long)c.s, (long long)c.p, (long long)c.d, cl, bad);
+    }
+  }
+}
+
 static void test_level(const char* name) {
   const cpu::LevelKernels* k = cpu::level_kernels(name);
   CHECK(k != nullptr, "level %s", name);
@@ -191,19 +276,8 @@ static void test_level(const char* name) {
     CHECK(k->neg_mask_bf16(bh.data(), n) == core::pack_word_strided<core::BF16Bits>(bh.data(), 1, n), "%s bf16 n=%d", name, n);
   }
   // convolutions (a linear layer is the 1x1 case with H = W = 1)
-  struct Case { int64_t N, C, H, W, O, kh, kw, s, p, d; };
-  const Case cases[] = {
-      {1, 1, 5, 6, 3, 3, 3, 1, 1, 1},  {2, 63, 7, 5, 9, 3, 3, 2, 1, 1},  {1, 64, 6, 6, 16, 3, 3, 1, 1, 1},
-      {2, 65, 8, 9, 7, 5, 5, 1, 2, 1}, {1, 127, 9, 7, 17, 7, 7, 2, 3, 1}, {1, 200, 9, 9, 5, 3, 3, 1, 2, 2},
-      {3, 130, 4, 5, 11, 1, 1, 1, 0, 1}, {2, 70, 9, 8, 8, 1, 1, 2, 0, 1}, {1, 64, 5, 5, 3, 3, 3, 1, 3, 1},
-      {5, 1000, 1, 1, 21, 1, 1, 1, 0, 1}, {1, 2000, 3, 3, 9, 3, 3, 1, 1, 1}, {2, 20, 6, 11, 5, 3, 1, 1, 0, 2},
-  };
-  for (const Case& c : cases) {
-    cpu::ConvProblem P;
-    P.N = c.N, P.C = c.C, P.H = c.H, P.W = c.W, P.words = core::num_words(c.C);
-    P.O = c.O, P.kh = c.kh, P.kw = c.kw, P.sh = P.sw = c.s, P.ph = P.pw = c.p, P.dh = P.dw = c.d;
-    P.Ho = core::conv_out_size(c.H, c.kh, c.s, c.p, c.d);
-    P.Wo = core::conv_out_size(c.W, c.kw, c.s, c.p, c.d);
+  for (const ConvCase& c : kConvCases) {
+    cpu::ConvProblem P = conv_problem(c);
     const std::vector<uint64_t> x = random_bits(c.N * c.H * c.W, c.C);
     const std::vector<uint64_t> w = random_bits(c.O * c.kh * c.kw, c.C);
     const int64_t L = c.kh * c.kw * P.words, npan = (c.O + k->nr - 1) / k->nr;
@@ -248,6 +322,7 @@ int main() {
     test_level(names[i]);
   }
   CHECK(cpu::level_kernels("sse9") == nullptr && !cpu::is_known_level("sse9"), "unknown level");
+  test_lut();
   if (g_failures) {
     std::printf("%d check(s) failed\n", g_failures);
     return 1;

@@ -1,0 +1,354 @@
+// irnet CPU: the table-lookup binary convolution (see xnor_lut.h for the maths and the
+// layout).  The geometry and weight-offset helpers are portable; the kernels are
+// compiled for AVX2 under a target pragma and handed out only where the CPU has it.
+// Torch-free.
+#include "cpu/xnor_lut.h"
+
+#include <cstring>
+
+#include "core/bitpack.h"
+#include "core/conv_geometry.h"
+#include "cpu/avx2_transpose.h"
+#include "cpu/fused_epilogue.h"
+
+#if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
+#define IRNET_LUT_X86 1
+#include <immintrin.h>
+#else
+#define IRNET_LUT_X86 0
+#endif
+
+namespace irnet {
+namespace cpu {
+
+namespace {
+constexpr uint8_t kPadByte = 0x80;  // VPSHUFB reads 0 for an index with bit 7 set
+// The table set: table (nb - 1) * 16 + w holds T[v] = popcount(~(v ^ w) & (2^nb - 1)) for
+// a weight nibble w with nb valid channels; table 64 is all zeros (padding channels).
+constexpr int kZeroTable = 64;
+struct TableSet {
+  alignas(64) uint8_t t[(kZeroTable + 1) * 16];
+  TableSet() {
+    for (int nb = 1; nb <= 4; ++nb)
+      for (int w = 0; w < 16; ++w)
+        for (int v = 0; v < 16; ++v)
+          t[((nb - 1) * 16 + w) * 16 + v] = uint8_t(core::popcount64(uint64_t(~(v ^ w)) & ((1u << nb) - 1)));
+    for (int v = 0; v < 16; ++v) t[kZeroTable * 16 + v] = 0;
+  }
+};
+const TableSet kTables;
+
+IRNET_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+}  // namespace
+
+LutGeometry lut_geometry(const ConvProblem& P, int64_t qv) {
+  LutGeometry G;
+  G.C4 = ceil_div(P.C, 4);
+  G.T = P.kh * P.kw;
+  G.K = G.C4 * G.T;
+  G.Hq = ceil_div(P.H + 2 * P.ph, P.sh);
+  G.Wq = ceil_div(P.W + 2 * P.pw, P.sw);
+  G.S = P.sh * P.sw;
+  G.plane = G.Hq * G.Wq;
+  G.image = G.C4 * G.S * G.plane;
+  G.Qn = (P.Ho - 1) * G.Wq + P.Wo;
+  // A tile starting at q < Qn reads up to q + qv bytes past its step's offset, and the
+  // last step's offset ends within one row of the last sub-plane's end.
+  G.total = P.N * G.image + 2 * G.Wq + 2 * qv + 64;
+  return G;
+}
+
+void lut_offsets(const ConvProblem& P, const LutGeometry& G, int64_t* xoff) {
+  for (int64_t c4 = 0; c4 < G.C4; ++c4)
+    for (int64_t i = 0; i < P.kh; ++i)
+      for (int64_t j = 0; j < P.kw; ++j) {
+        const int64_t y = i * P.dh, x = j * P.dw;
+        const int64_t s = (y % P.sh) * P.sw + x % P.sw;
+        xoff[c4 * G.T + i * P.kw + j] = (c4 * G.S + s) * G.plane + (y / P.sh) * G.Wq + x / P.sw;
+      }
+}
+
+void lut_weight_offsets(const uint64_t* w, const ConvProblem& P, const LutGeometry& G, int64_t o0, int64_t o1,
+                        uint16_t* wofs) {
+  for (int64_t o = o0; o < o1; ++o) {
+    uint16_t* row = wofs + o * G.K;
+    for (int64_t c4 = 0; c4 < G.C4; ++c4) {
+      const int64_t nb = P.C - 4 * c4 < 4 ? P.C - 4 * c4 : 4;
+      for (int64_t t = 0; t < G.T; ++t) {
+        int table = kZeroTable;
+        if (o < P.O) {
+          const uint64_t word = w[(o * G.T + t) * P.words + (c4 >> 4)];
+          table = int((nb - 1) * 16 + ((word >> ((c4 & 15) * 4)) & 15));
+        }
+        row[c4 * G.T + t] = uint16_t(table * 16);
+      }
+    }
+  }
+}
+
+#if IRNET_LUT_X86
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2")
+#endif
+namespace lut_avx2 {
+
+constexpr int PV = 4;        // 32-position index vectors per tile
+constexpr int OT = 2;        // output channels per tile
+constexpr int QV = 32 * PV;  // positions per tile
+constexpr int64_t CHUNK = 63;  // byte counts: 63 steps x at most 4 matches < 256
+
+// acc += VPSHUFB(table, idx) (bytewise), in inline assembly: written with intrinsics, GCC 12
+// gives each lookup its own destination register and copies it back, which with 8
+// accumulators runs out of registers and keeps one accumulator in memory (a
+// store-to-load chain through every step: measured 2x slower).
+IRNET_INLINE void lookup_add(__m256i& acc, __m256i table, __m256i idx) {
+  __m256i tmp;
+  asm("vpshufb %[idx], %[table], %[tmp]\n\tvpaddb %[tmp], %[acc], %[acc]"
+      : [acc] "+x"(acc), [tmp] "=&x"(tmp)
+      : [table] "x"(table), [idx] "x"(idx));
+}
+
+// Register tile: matches of 32*NV consecutive grid positions (index bytes x[xoff[k] + i],
+// i < 32*NV) with OT output channels (table offsets w[o*K + k]) over the K steps, as
+// int32 cnt[o*QV + i].  Byte counts for up to CHUNK steps at a time, widened and added
+// into cnt (through memory: the accumulators and tables fill the 16 registers).
+template <int NV>
+IRNET_INLINE void tile(const uint8_t* x, const int64_t* xoff, const uint16_t* w, int64_t K, int32_t* cnt) {
+  const uint8_t* tables = kTables.t;
+  for (int64_t k0 = 0; k0 < K; k0 += CHUNK) {
+    const int64_t k1 = k0 + CHUNK < K ? k0 + CHUNK : K;
+    __m256i acc[NV][OT];
+#pragma GCC unroll 8
+    for (int p = 0; p < NV; ++p)
+#pragma GCC unroll 8
+      for (int o = 0; o < OT; ++o) acc[p][o] = _mm256_setzero_si256();
+    for (int64_t k = k0; k < k1; ++k) {
+      __m256i t[OT];
+#pragma GCC unroll 8
+      for (int o = 0; o < OT; ++o)
+        t[o] = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(tables + w[o * K + k])));
+      const uint8_t* xk = x + xoff[k];
+#pragma GCC unroll 8
+      for (int p = 0; p < NV; ++p) {
+        const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xk + 32 * p));
+#pragma GCC unroll 8
+        for (int o = 0; o < OT; ++o) lookup_add(acc[p][o], t[o], idx);
+      }
+    }
+    // bytes 0-7, 8-15, 16-23, 24-31 of each accumulator to int32
+#pragma GCC unroll 8
+    for (int p = 0; p < NV; ++p)
+#pragma GCC unroll 8
+      for (int o = 0; o < OT; ++o) {
+        const __m128i lo = _mm256_castsi256_si128(acc[p][o]), hi = _mm256_extracti128_si256(acc[p][o], 1);
+        const __m256i q[4] = {_mm256_cvtepu8_epi32(lo), _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)),
+                              _mm256_cvtepu8_epi32(hi), _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))};
+        __m256i* c = reinterpret_cast<__m256i*>(cnt + o * QV + 32 * p);
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v)
+          _mm256_storeu_si256(c + v, k0 == 0 ? q[v] : _mm256_add_epi32(_mm256_loadu_si256(c + v), q[v]));
+      }
+  }
+}
+
+// The tile for the last nv <= PV vectors of an image's grid: no work past its end.
+template <int NV>
+IRNET_INLINE void tile_vectors(int nv, const uint8_t* x, const int64_t* xoff, const uint16_t* w, int64_t K,
+                               int32_t* cnt) {
+  if (nv == NV) {
+    tile<NV>(x, xoff, w, K, cnt);
+  } else if constexpr (NV > 1) {
+    tile_vectors<NV - 1>(nv, x, xoff, w, K, cnt);
+  }
+}
+
+// A run of output columns of one output row inside a tile: tile positions [i0, i0 + len)
+// are columns [wo, wo + len) of row ho.
+struct Segment {
+  int64_t i0, len, ho, wo;
+};
+
+// scratch: cnt [OT][QV] int32, kin [QV] int32, segments [QV + 1], y [channels][QV] float
+int64_t scratch_bytes(int64_t channels) {
+  return int64_t(sizeof(int32_t)) * (OT * QV + QV + channels * QV) + int64_t(sizeof(Segment)) * (QV + 1) + 64;
+}
+
+// In place: r[j] (column j of the 16 x 16 bytes r[i][j]) = old row bytes r[0..16)[j].
+// Four rounds of unpacks, pairing 1-, 2-, 4-, then 8-byte elements; after the round of
+// 2^s-byte elements every vector holds, per column, a block of 2^(s+1) consecutive rows.
+IRNET_INLINE void transpose16x16(__m128i r[16]) {
+  __m128i t[16];
+  for (int p = 0; p < 8; ++p) {  // t[p]: 16-bit e = rows 2p, 2p+1 of column e; t[p+8]: column 8+e
+    t[p] = _mm_unpacklo_epi8(r[2 * p], r[2 * p + 1]);
+    t[p + 8] = _mm_unpackhi_epi8(r[2 * p], r[2 * p + 1]);
+  }
+  for (int c = 0; c < 16; c += 8)
+    for (int q = 0; q < 4; ++q) {  // r[c+q]: 32-bit e = rows 4q..4q+3 of column c+e; r[c+q+4]: column c+4+e
+      r[c + q] = _mm_unpacklo_epi16(t[c + 2 * q], t[c + 2 * q + 1]);
+      r[c + q + 4] = _mm_unpackhi_epi16(t[c + 2 * q], t[c + 2 * q + 1]);
+    }
+  for (int g = 0; g < 16; g += 4)
+    for (int h = 0; h < 2; ++h) {  // t[g+h]: 64-bit e = rows 8h..8h+7 of column g+e; t[g+h+2]: column g+2+e
+      t[g + h] = _mm_unpacklo_epi32(r[g + 2 * h], r[g + 2 * h + 1]);
+      t[g + h + 2] = _mm_unpackhi_epi32(r[g + 2 * h], r[g + 2 * h + 1]);
+    }
+  for (int g = 0; g < 16; g += 4) {
+    r[g] = _mm_unpacklo_epi64(t[g], t[g + 1]);
+    r[g + 1] = _mm_unpackhi_epi64(t[g], t[g + 1]);
+    r[g + 2] = _mm_unpacklo_epi64(t[g + 2], t[g + 3]);
+    r[g + 3] = _mm_unpackhi_epi64(t[g + 2], t[g + 3]);
+  }
+}
+
+void prep_planes(const ConvProblem& P, const LutGeometry& G, int64_t u0, int64_t u1, uint8_t* planes) {
+  const int64_t words = P.words, sw = P.sw, C4 = G.C4, cstride = G.S * G.plane;
+  const __m128i low4 = _mm_set1_epi8(0x0F);
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t r = u % G.Hq, na = u / G.Hq;
+    const int64_t a = na % P.sh, n = na / P.sh;
+    uint8_t* img = planes + n * G.image + a * sw * G.plane + r * G.Wq;  // sub-plane (a, 0), row r
+    for (int64_t c4 = 0; c4 < C4; ++c4)
+      for (int64_t b = 0; b < sw; ++b) std::memset(img + c4 * cstride + b * G.plane, kPadByte, size_t(G.Wq));
+    const int64_t h = r * P.sh + a - P.ph;
+    if (h < 0 || h >= P.H) continue;
+    const uint64_t* px = P.x + (n * P.H + h) * P.W * words;
+    int64_t wi = 0;
+    if (sw <= 2) {
+      // 16 pixels at a time: each word as its 16 nibbles, one per byte (low, high nibble
+      // of byte 0, then of byte 1, ...), transposed to 16 bytes per nibble plane; with
+      // stride 2 the even and odd pixels go to two sub-planes, 8 bytes each
+      const __m128i deinterleave = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+      for (; wi + 16 <= P.W; wi += 16) {
+        const int64_t xp = P.pw + wi;  // padded column of the first pixel
+        for (int64_t wd = 0; wd * 16 < C4; ++wd) {
+          __m128i m[16];
+          for (int i = 0; i < 16; ++i) {
+            const __m128i v = _mm_cvtsi64_si128(static_cast<long long>(px[(wi + i) * words + wd]));
+            m[i] = _mm_unpacklo_epi8(_mm_and_si128(v, low4), _mm_and_si128(_mm_srli_epi16(v, 4), low4));
+          }
+          transpose16x16(m);
+          uint8_t* dst = img + (wd * 16) * cstride;
+          const int64_t nj = C4 - wd * 16 < 16 ? C4 - wd * 16 : 16;
+          for (int64_t j = 0; j < nj; ++j, dst += cstride) {
+            if (sw == 1) {
+              _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + xp), m[j]);
+            } else {
+              const __m128i v = _mm_shuffle_epi8(m[j], deinterleave);
+              _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + (xp % 2) * G.plane + xp / 2), v);
+              _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + ((xp + 1) % 2) * G.plane + (xp + 1) / 2),
+                               _mm_srli_si128(v, 8));
+            }
+          }
+        }
+      }
+    }
+    // the rest (and strided columns) one pixel at a time: padded column pw + wi is
+    // column c of sub-plane b, stepped rather than divided
+    int64_t b = (P.pw + wi) % sw, c = (P.pw + wi) / sw;
+    for (; wi < P.W; ++wi) {
+      uint8_t* dst = img + b * G.plane + c;
+      const uint64_t* pw_ = px + wi * words;
+      for (int64_t c4 = 0; c4 < C4; ++c4) dst[c4 * cstride] = uint8_t((pw_[c4 >> 4] >> ((c4 & 15) * 4)) & 15);
+      if (++b == sw) b = 0, ++c;
+    }
+  }
+}
+
+void conv_block(const LutProblem& L, int64_t n, int64_t q0, int64_t q1, int64_t o0, int64_t o1, void* scratch) {
+  const ConvProblem& P = *L.P;
+  const LutGeometry& G = L.G;
+  const int64_t K = G.K, Wq = G.Wq, Wo = P.Wo, Ho = P.Ho, O = P.O;
+  const int64_t nch = o1 - o0;
+  auto* base = reinterpret_cast<unsigned char*>(scratch);
+  base += (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
+  int32_t* cnt = reinterpret_cast<int32_t*>(base);
+  int32_t* kin = cnt + OT * QV;
+  Segment* seg = reinterpret_cast<Segment*>(kin + QV);
+  float* ybuf = reinterpret_cast<float*>(seg + QV + 1);
+  const uint8_t* x = L.planes + n * G.image;
+  for (int64_t qt = q0; qt < q1; qt += QV) {
+    const int64_t qe = qt + QV < q1 ? qt + QV : q1;  // valid grid positions [qt, qe)
+    const int nv = int((qe - qt + 31) / 32);          // index vectors that cover them
+    // the row segments of [qt, qe) that are real output columns, and each position's
+    // K_in = C * in-frame kernel rows * in-frame kernel columns (0 elsewhere)
+    int64_t nseg = 0;
+    for (int64_t i = 0; i < QV; ++i) kin[i] = 0;
+    for (int64_t ho = qt / Wq, q = qt; q < qe; ++ho) {
+      const int64_t wa = q - ho * Wq, wb = qe - ho * Wq < Wo ? qe - ho * Wq : Wo;
+      if (wa < wb) {
+        seg[nseg++] = Segment{q - qt, wb - wa, ho, wa};
+        const int32_t rowk = int32_t(P.C * L.nh[ho]);
+        for (int64_t j = 0; j < wb - wa; ++j) kin[q - qt + j] = rowk * L.nw[wa + j];
+      }
+      q = ho * Wq + Wq;
+    }
+    for (int64_t ot = o0; ot < o1; ot += OT) {
+      tile_vectors<PV>(nv, x + qt, L.xoff, L.wofs + ot * K, K, cnt);
+      for (int64_t o = ot; o < ot + OT && o < o1; ++o) {
+        const float s = L.scale[o];
+        const int32_t* c = cnt + (o - ot) * QV;
+        if (P.out_cl) {  // staged for the per-pixel writes below
+          float* y = ybuf + (o - o0) * QV;
+          for (int64_t i = 0; i < 32 * nv; ++i) y[i] = float(2 * c[i] - kin[i]) * s;
+          continue;
+        }
+        for (int64_t g = 0; g < nseg; ++g) {  // NCHW: each segment is a contiguous run of a plane
+          const Segment& S = seg[g];
+          const int64_t at = ((n * O + o) * Ho + S.ho) * Wo + S.wo;
+          float* dst = P.out + at;
+          const int32_t* cs = c + S.i0;
+          const int32_t* ks = kin + S.i0;
+          for (int64_t j = 0; j < S.len; ++j) dst[j] = float(2 * cs[j] - ks[j]) * s;
+          if (P.alpha) fused_run(dst, P.residual ? P.residual + at : nullptr, S.len, P.alpha[o], P.beta[o], P.lo, P.hi);
+        }
+      }
+    }
+    if (!P.out_cl) continue;
+    // channels_last: a pixel's channels [o0, o1) are contiguous; 8 pixels x 8 channels of
+    // ybuf at a time are transposed in registers, the rest copied one by one
+    for (int64_t g = 0; g < nseg; ++g) {
+      const Segment& S = seg[g];
+      float* row = P.out + ((n * Ho + S.ho) * Wo + S.wo) * O + o0;  // the segment's first pixel
+      int64_t j = 0;
+      for (; j + 8 <= S.len; j += 8) {
+        int64_t c = 0;
+        for (; c + 8 <= nch; c += 8) transpose8x8_store(ybuf + c * QV + S.i0 + j, QV, row + j * O + c, O);
+        for (int64_t p = 0; p < 8; ++p)
+          for (int64_t cc = c; cc < nch; ++cc) row[(j + p) * O + cc] = ybuf[cc * QV + S.i0 + j + p];
+      }
+      for (; j < S.len; ++j)
+        for (int64_t c = 0; c < nch; ++c) row[j * O + c] = ybuf[c * QV + S.i0 + j];
+      if (P.alpha) {
+        for (j = 0; j < S.len; ++j) {
+          const int64_t at = ((n * Ho + S.ho) * Wo + S.wo + j) * O + o0;
+          fused_channels(P.out + at, P.residual ? P.residual + at : nullptr, nch, P.alpha + o0, P.beta + o0, P.lo,
+                         P.hi);
+        }
+      }
+    }
+  }
+}
+
+const LutKernels kKernels = {OT, QV, &prep_planes, &conv_block, &scratch_bytes};
+
+}  // namespace lut_avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif  // IRNET_LUT_X86
+
+const LutKernels* lut_kernels() {
+#if IRNET_LUT_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2")) return &lut_avx2::kKernels;
+#endif
+  return nullptr;
+}
+
+}  // namespace cpu
+}  // namespace irnet
