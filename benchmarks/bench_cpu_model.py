@@ -26,6 +26,9 @@ tests/test_api.py checks packed == binary model, tests/test_fused.py fused ~ pac
 Memory: --malloc keep (the default) makes glibc keep freed memory, as jemalloc and
 tcmalloc do, for all models alike (see bench_cpu_conv.py); --malloc default keeps glibc's
 settings, under which every large activation comes back as fresh pages.
+With --compare-algorithm popcount (or lut), the packed and fused models also run (eager,
+NCHW and channels_last) with that CPU conv algorithm forced, in the same rounds as the
+default 'auto', and the row gets auto's speedup over it (--nets limits the networks).
 Writes <out>.json and <out>.png.
 """
 from __future__ import annotations
@@ -90,6 +93,10 @@ def main():
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     ap.add_argument("--out", default=os.path.join("benchmarks", "results", "cpu_model"), help="output path prefix")
+    ap.add_argument("--nets", nargs="+", default=None, help="only these networks (names as in NETS)")
+    ap.add_argument("--compare-algorithm", choices=["popcount", "lut"], default=None,
+                    help="also time the packed and fused models (eager) with this CPU conv algorithm forced, "
+                         "against the default 'auto' in the same rounds")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.malloc == "keep" and not keep_freed_memory():
@@ -105,7 +112,10 @@ def main():
     load_start = loadavg()
 
     rows = []
+    algo = args.compare_algorithm
     for name, size, batches in (QUICK_NETS if args.quick else NETS):
+        if args.nets and name not in args.nets:
+            continue
         model = models.create(name).eval()
         with torch.no_grad():  # non-trivial BatchNorm statistics
             model.train()(torch.randn(8, 3, size, size))
@@ -122,6 +132,13 @@ def main():
                 fns[f"{k}/channels_last"] = (lambda m=nets_cl[k]: m(x_cl))
                 if nets_compiled:
                     fns[f"{k}/compiled"] = (lambda m=nets_compiled[k]: m(x_cl))
+            # every variant runs with its conv algorithm set just before it (untimed)
+            before = {key: (lambda: irnet.ops.set_cpu_conv_algorithm("auto")) for key in fns}
+            if algo:
+                for k in ("packed", "fused"):
+                    for fmt in ("nchw", "channels_last"):
+                        fns[f"{k}@{algo}/{fmt}"] = fns[f"{k}/{fmt}"]
+                        before[f"{k}@{algo}/{fmt}"] = lambda: irnet.ops.set_cpu_conv_algorithm(algo)
             with torch.no_grad():
                 if nets_compiled:  # compile (per batch size) before timing
                     t0 = time.perf_counter()
@@ -129,8 +146,12 @@ def main():
                         fns[f"{k}/compiled"]()
                     print(f"  (torch.compile of the {name} models for batch {batch}: {time.perf_counter() - t0:.0f} s)",
                           flush=True)
-                med, best = time_round_robin(fns, repeats)
+                med, best = time_round_robin(fns, repeats, before=before)
+            irnet.ops.set_cpu_conv_algorithm("auto")
             row = {"model": name, "input": [batch, 3, size, size], "time_s": med, "time_min_s": best}
+            if algo:  # > 1: the default 'auto' is faster than the forced algorithm
+                row["auto_speedup_over_" + algo] = {f"{k}/{fmt}": med[f"{k}@{algo}/{fmt}"] / med[f"{k}/{fmt}"]
+                                                    for k in ("packed", "fused") for fmt in ("nchw", "channels_last")}
             fmts = ("nchw", "channels_last") + (("compiled",) if nets_compiled else ())
             for fmt in fmts:
                 row[f"speedup_{fmt}"] = med[f"float/{fmt}"] / med[f"packed/{fmt}"]
@@ -145,11 +166,15 @@ def main():
                 f"({row[f'speedup_{fmt}']:.2f}x), fused {med[f'fused/{fmt}']*1e3:.1f} ms ({row[f'speedup_fused_{fmt}']:.2f}x)"
                 for fmt in fmts) + f"   | fastest vs fastest {row['speedup_best_vs_best']:.2f}x, "
                 f"fused {row['speedup_fused_best_vs_best']:.2f}x", flush=True)
+            if algo:
+                print(f"  auto over {algo} forced: " + ", ".join(
+                    f"{key} {v:.2f}x" for key, v in row["auto_speedup_over_" + algo].items()), flush=True)
 
     result = {
         "benchmark": "cpu_model",
         "machine": {"cpu": cpu_name(), "platform": platform.platform(), "torch": torch.__version__,
-                    "irnet_simd": irnet.ops.cpu_simd_level(), "threads": args.threads, "malloc": args.malloc},
+                    "irnet_simd": irnet.ops.cpu_simd_level(), "threads": args.threads, "malloc": args.malloc,
+                    "conv_algorithm": "auto", "compared_with": algo},
         "repeats": repeats,
         "load_average": {"start": load_start, "end": loadavg()},
         "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -432,7 +432,7 @@ def cpu_conv_algorithms() -> list:
 
 def set_cpu_conv_algorithm(algorithm: str) -> None:
     """Set the CPU convolution algorithm: 'auto' (per layer), 'popcount', or 'lut' (wherever
-    the LUT kernel applies: AVX2 level, at most 16383 nibble steps per dot).  Raises
+    the LUT kernel applies: AVX2 level, padding not much larger than the image).  Raises
     RuntimeError for another name; a no-op on the reference path."""
     if _has_algorithm_ops():
         torch.ops.irnet.set_cpu_conv_algorithm(str(algorithm))

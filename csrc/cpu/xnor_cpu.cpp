@@ -296,7 +296,10 @@ struct LayoutEntry {
   uint64_t last_use = 0;
 };
 
-constexpr size_t kLayoutCacheEntries = 64;
+// Enough for several copies of a deep network (ResNet-34 has 32 binary convs): with the
+// benchmarks' packed, fused, and channels_last copies of ResNet-20 (4 x 19 weights) in one
+// process, 64 entries made a least-recently-used cycle in which every call missed.
+constexpr size_t kLayoutCacheEntries = 256;
 constexpr int64_t kLayoutCacheMaxWeightWords = int64_t(1) << 22;  // 32 MiB weights: not cached
 
 std::mutex g_layout_mutex;
@@ -371,29 +374,32 @@ WeightLayout weight_layout(const Tensor& w_bits, const ConvProblem& P, const Lev
   return built;
 }
 
-// The LUT kernel for this problem, or nullptr for the popcount tile: only at the AVX2
-// level, for dots of at most kLutMaxSteps nibble steps, and where the padded planes stay
-// within a few times the input and output (as for the popcount path's padded copy).
-// "auto" takes it for few input channels, where the popcount tile wastes most of each
-// 64-bit word (16 channels: 3/4 of it) and the LUT kernel's 4-channel steps do not;
-// measured in benchmarks/bench_cpu_conv.py --algorithms.
-// The LUT kernel computes whole 32-position vectors of the Wq-pitched output grid, so its
-// share of useful positions (Ho*Wo over the vectors that cover each image's grid) counts
-// too: small images waste a good part of it.  Interleaved A/B on the 2-core Zen 3 of
-// benchmarks/results (2 threads, packed input, lut vs popcount): 16@32 1.5x (b1) / 2.3x
-// (b16), 32@16 1.0x / 1.36x, 64@56 1.2x / 1.27x, 128@28 0.94x, 64@8 0.86x / 0.62x.
+// "auto": the LUT kernel for few input channels, where the popcount tile wastes most of
+// each 64-bit word (16 channels: 3/4 of it) and the LUT kernel's 4-channel steps do not.
+// But the LUT kernel computes whole 32-position vectors of the Wq-pitched output grid, so
+// its share of useful positions (Ho*Wo over the vectors that cover an image's grid)
+// counts too: small images waste a good part of it.  Interleaved A/B on the 2-core Zen 3
+// of benchmarks/results (2 threads, packed input, lut vs popcount): 16@32 1.5x (b1) /
+// 2.3x (b16), 32@16 1.0x / 1.36x, 16->32 stride 2 1.2x, 64@56 1.2x / 1.27x (channels_last
+// 0.96-1.05x, whole ResNet-18 0.90-1.08x), but 64->128 stride 2 at 56 0.8-0.95x, 128@28
+// 0.94x, 64@8 0.86x / 0.62x (benchmarks/bench_cpu_conv.py times both on every layer: its
+// pop and lut columns).  So 33-64 channels only at stride 1, large maps, NCHW output.
 bool prefers_lut(const ConvProblem& P, const LutGeometry& G) {
   const double useful = double(P.Ho * P.Wo) / double((G.Qn + 31) / 32 * 32);
-  return (P.C <= 32 && useful >= 0.6) || (P.C <= 64 && useful >= 0.85);
+  const bool stride1 = P.sh == 1 && P.sw == 1;
+  return (P.C <= 32 && useful >= 0.6) || (P.C <= 64 && stride1 && !P.out_cl && useful >= 0.85);
 }
 
+// The LUT kernel for this problem, or nullptr for the popcount tile: at the AVX2 level
+// only, where the padded planes stay within a few times the input and output (as for the
+// popcount path's padded copy), and as the algorithm setting says.
 const LutKernels* lut_for(const ConvProblem& P, const LevelKernels* k) {
   const int algo = algo_slot().load(std::memory_order_relaxed);
   if (algo == kAlgoPopcount || std::strcmp(k->name, "avx2") != 0) return nullptr;
   const LutKernels* lut = lut_kernels();
   if (lut == nullptr) return nullptr;
   const LutGeometry G = lut_geometry(P, lut->qv);
-  if (G.K > kLutMaxSteps || G.S * G.plane > 4 * (P.H * P.W + P.Ho * P.Wo) + 1024) return nullptr;
+  if (G.S * G.plane > 4 * (P.H * P.W + P.Ho * P.Wo) + 1024) return nullptr;
   return algo == kAlgoLut || prefers_lut(P, G) ? lut : nullptr;
 }
 
@@ -435,7 +441,9 @@ void run_conv_lut(ConvProblem& P, const Tensor& w_bits, const LutKernels* lut) {
   const int64_t threads = at::get_num_threads();
   int64_t groups = 1;
   if (P.N * nq < 4 * threads) groups = std::min<int64_t>(otiles, (4 * threads + P.N * nq - 1) / (P.N * nq));
-  const int64_t tpg = (otiles + groups - 1) / groups;  // channel tiles per group
+  int64_t tpg = (otiles + groups - 1) / groups;  // channel tiles per group
+  // channels_last output goes out in 8-channel transposes: groups of whole 8-channel blocks
+  if (P.out_cl && lut->ot < 8) tpg = (tpg * lut->ot + 7) / 8 * 8 / lut->ot;
   groups = (otiles + tpg - 1) / tpg;
   const int64_t ntasks = P.N * nq * groups;
   const int64_t workers = std::min<int64_t>(threads, ntasks);

@@ -13,8 +13,7 @@
 // VPADDB per 128 MACs in the popcount tile (nibble-split operands, xnor_simd.cpp).
 // There are only 16 tables per valid-channel count, so the weights are stored as one
 // table offset per (output channel, step) and the tables stay in L1.  Counts grow by
-// at most 4 per step in bytes (63 steps, then widened to 16 bits: a dot of up to
-// 16383 steps), and
+// at most 4 per step in bytes (63 steps, then added into int32 counts), and
 //   dot = matches - mismatches = 2 * matches - K_in,   y = scale[o] * float(dot),
 // exactly what the popcount kernel computes.  A padded tap reads an index byte 0x80,
 // which VPSHUFB turns into 0 matches, and K_in = C * (in-frame taps) of the output
@@ -50,9 +49,6 @@ struct LutGeometry {
   int64_t Qn = 0;     // output grid positions per image: (Ho - 1) * Wq + Wo
   int64_t total = 0;  // bytes of the planes buffer, with slack for the last tile's reads
 };
-
-// Steps per dot the 16-bit counts can hold (4 matches per step).
-constexpr int64_t kLutMaxSteps = 16383;
 
 LutGeometry lut_geometry(const ConvProblem& P, int64_t qv);
 
