@@ -380,65 +380,66 @@ def xnor_linear(x: torch.Tensor, w) -> torch.Tensor:
     return torch.ops.irnet.xnor_linear(torch.ops.irnet.pack_bits(x), pw.bits, pw.scale, pw.in_channels)
 
 
-# --------------------------------------------------------------------------- CPU SIMD level
+# --------------------------------------------------------------------------- CPU kernel controls
 # The CPU XNOR kernels (csrc/cpu/xnor_cpu.cpp) pick a SIMD level at load time (the best
-# the CPU supports, or IRNET_SIMD=scalar|avx2|avx512); these functions read or change it.
-def _has_simd_ops() -> bool:
-    return _ext.LOADED and hasattr(torch.ops.irnet, "cpu_simd_level")
+# the CPU supports, or IRNET_SIMD=scalar|avx2|avx512), and the binary convolution has two
+# algorithms: "popcount" (the XNOR-popcount register tile, every level) and "lut" (table
+# lookups on 4-channel nibbles, AVX2 level only: faster for layers with few input channels
+# on large images, see csrc/cpu/xnor_lut.h); "auto" (the default, or
+# IRNET_CPU_CONV=auto|popcount|lut at load) picks per layer.  Both are exact: the choice
+# changes speed, never a result.  These functions read or change the settings.
+def _cpu_control(name: str):
+    """The compiled control op torch.ops.irnet.<name>, or None without the extension."""
+    return getattr(torch.ops.irnet, name) if _ext.LOADED and hasattr(torch.ops.irnet, name) else None
+
+
+def _read_cpu_control(name: str, convert=lambda v: v, fallback="reference"):
+    op = _cpu_control(name)
+    return convert(op()) if op is not None else fallback
+
+
+def _set_cpu_control(name: str, value: str) -> None:
+    op = _cpu_control(name)
+    if op is not None:
+        op(str(value))
+    elif value != "reference":
+        import warnings
+
+        warnings.warn(f"irnet: the compiled CPU kernels are not loaded; {name}({value!r}) does nothing",
+                      RuntimeWarning, stacklevel=3)
 
 
 def cpu_simd_level() -> str:
     """The SIMD level the CPU XNOR kernels use now ('avx512', 'avx2', 'scalar'), or
     'reference' when the compiled CPU kernels are not available."""
-    return torch.ops.irnet.cpu_simd_level() if _has_simd_ops() else "reference"
+    return _read_cpu_control("cpu_simd_level")
 
 
 def cpu_simd_levels() -> list:
     """The SIMD levels this CPU (and build) can run, best first; ['reference'] without the extension."""
-    return list(torch.ops.irnet.cpu_simd_levels()) if _has_simd_ops() else ["reference"]
+    return _read_cpu_control("cpu_simd_levels", list, ["reference"])
 
 
 def set_cpu_simd_level(level: str) -> None:
     """Make the CPU XNOR kernels use ``level`` (one of :func:`cpu_simd_levels`).  Raises
     RuntimeError for a level this CPU cannot run; a no-op on the reference path."""
-    if _has_simd_ops():
-        torch.ops.irnet.set_cpu_simd_level(str(level))
-    elif level != "reference":
-        import warnings
-
-        warnings.warn(f"irnet: the compiled CPU kernels are not loaded; set_cpu_simd_level({level!r}) does nothing",
-                      RuntimeWarning, stacklevel=2)
-
-
-# The CPU binary convolution has two algorithms: "popcount" (the XNOR-popcount register
-# tile, every level) and "lut" (table lookups on 4-channel nibbles, AVX2 level only:
-# faster for layers with few input channels on large images, see csrc/cpu/xnor_lut.h).
-# "auto" (the default, or IRNET_CPU_CONV=auto|popcount|lut at load) picks per layer.
-# Both are exact: the choice changes speed, never a result.
-def _has_algorithm_ops() -> bool:
-    return _ext.LOADED and hasattr(torch.ops.irnet, "cpu_conv_algorithm")
+    _set_cpu_control("set_cpu_simd_level", level)
 
 
 def cpu_conv_algorithm() -> str:
     """The CPU convolution algorithm setting: 'auto', 'popcount' or 'lut' ('reference'
     without the compiled kernels)."""
-    return torch.ops.irnet.cpu_conv_algorithm() if _has_algorithm_ops() else "reference"
+    return _read_cpu_control("cpu_conv_algorithm")
 
 
 def cpu_conv_algorithms() -> list:
     """The settings that make a difference at the current SIMD level: ['auto', 'popcount',
     'lut'] at 'avx2', ['auto', 'popcount'] elsewhere (there 'lut' runs popcount)."""
-    return list(torch.ops.irnet.cpu_conv_algorithms()) if _has_algorithm_ops() else ["reference"]
+    return _read_cpu_control("cpu_conv_algorithms", list, ["reference"])
 
 
 def set_cpu_conv_algorithm(algorithm: str) -> None:
     """Set the CPU convolution algorithm: 'auto' (per layer), 'popcount', or 'lut' (wherever
     the LUT kernel applies: AVX2 level, padding not much larger than the image).  Raises
     RuntimeError for another name; a no-op on the reference path."""
-    if _has_algorithm_ops():
-        torch.ops.irnet.set_cpu_conv_algorithm(str(algorithm))
-    elif algorithm != "reference":
-        import warnings
-
-        warnings.warn(f"irnet: the compiled CPU kernels are not loaded; set_cpu_conv_algorithm({algorithm!r}) does "
-                      "nothing", RuntimeWarning, stacklevel=2)
+    _set_cpu_control("set_cpu_conv_algorithm", algorithm)

@@ -390,6 +390,13 @@ bool prefers_lut(const ConvProblem& P, const LutGeometry& G) {
   return (P.C <= 32 && useful >= 0.6) || (P.C <= 64 && stride1 && !P.out_cl && useful >= 0.85);
 }
 
+// Whether a zero-padded copy of the input with `padded_pixels` positions per image is
+// worth making (both kernels read one): not where the padding dwarfs the image and the
+// output, e.g. a huge padding with a huge stride.
+bool padded_copy_fits(const ConvProblem& P, int64_t padded_pixels) {
+  return padded_pixels <= 4 * (P.H * P.W + P.Ho * P.Wo) + 1024;
+}
+
 // The LUT kernel for this problem, or nullptr for the popcount tile: at the AVX2 level
 // only, where the padded planes stay within a few times the input and output (as for the
 // popcount path's padded copy), and as the algorithm setting says.
@@ -399,7 +406,7 @@ const LutKernels* lut_for(const ConvProblem& P, const LevelKernels* k) {
   const LutKernels* lut = lut_kernels();
   if (lut == nullptr) return nullptr;
   const LutGeometry G = lut_geometry(P, lut->qv);
-  if (G.S * G.plane > 4 * (P.H * P.W + P.Ho * P.Wo) + 1024) return nullptr;
+  if (!padded_copy_fits(P, G.S * G.plane)) return nullptr;
   return algo == kAlgoLut || prefers_lut(P, G) ? lut : nullptr;
 }
 
@@ -412,14 +419,7 @@ void run_conv_lut(ConvProblem& P, const Tensor& w_bits, const LutKernels* lut) {
   std::vector<int64_t> xoff(static_cast<size_t>(G.K));
   lut_offsets(P, G, xoff.data());
   std::vector<int32_t> nh(static_cast<size_t>(P.Ho)), nw(static_cast<size_t>(P.Wo));
-  for (int64_t i = 0; i < P.Ho; ++i) {
-    const core::TapRange t = core::tap_range(i, P.kh, P.sh, P.ph, P.dh, P.H);
-    nh[size_t(i)] = int32_t(t.t1 - t.t0);
-  }
-  for (int64_t i = 0; i < P.Wo; ++i) {
-    const core::TapRange t = core::tap_range(i, P.kw, P.sw, P.pw, P.dw, P.W);
-    nw[size_t(i)] = int32_t(t.t1 - t.t0);
-  }
+  lut_tap_counts(P, nh.data(), nw.data());
   const std::unique_ptr<uint8_t[]> planes(new uint8_t[static_cast<size_t>(G.total)]);
   const int64_t filled = P.N * G.image;
   std::memset(planes.get() + filled, 0x80, static_cast<size_t>(G.total - filled));  // slack: padding bytes
@@ -499,7 +499,7 @@ void run_conv(ConvProblem& P, const Tensor& w_bits, const Tensor& scale) {
   // huge stride: there the im2col rows of the output pixels are the smaller copy.)
   const bool in_place = P.kh == 1 && P.kw == 1 && P.sh == 1 && P.sw == 1 && P.ph == 0 && P.pw == 0 && k->split == 1;
   const RowsLayout RL = rows_layout(P, k->split);
-  const bool padded_ok = RL.Hp * RL.Wp <= 4 * (P.H * P.W + P.Ho * P.Wo) + 1024;
+  const bool padded_ok = padded_copy_fits(P, RL.Hp * RL.Wp);
   std::unique_ptr<uint64_t[]> xs_buf;  // every word written by prep_rows
   std::vector<int64_t> xoff;
   if (!in_place && padded_ok) {

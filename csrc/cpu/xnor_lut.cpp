@@ -68,6 +68,17 @@ void lut_offsets(const ConvProblem& P, const LutGeometry& G, int64_t* xoff) {
       }
 }
 
+void lut_tap_counts(const ConvProblem& P, int32_t* nh, int32_t* nw) {
+  for (int64_t i = 0; i < P.Ho; ++i) {
+    const core::TapRange t = core::tap_range(i, P.kh, P.sh, P.ph, P.dh, P.H);
+    nh[i] = int32_t(t.t1 - t.t0);
+  }
+  for (int64_t i = 0; i < P.Wo; ++i) {
+    const core::TapRange t = core::tap_range(i, P.kw, P.sw, P.pw, P.dw, P.W);
+    nw[i] = int32_t(t.t1 - t.t0);
+  }
+}
+
 void lut_weight_offsets(const uint64_t* w, const ConvProblem& P, const LutGeometry& G, int64_t o0, int64_t o1,
                         uint16_t* wofs) {
   for (int64_t o = o0; o < o1; ++o) {

@@ -82,6 +82,9 @@ const LutKernels* lut_kernels();
 
 // xoff[k] for the K steps (see the layout above).
 void lut_offsets(const ConvProblem& P, const LutGeometry& G, int64_t* xoff);
+// nh[ho] (ho < Ho), nw[wo] (wo < Wo): the in-frame kernel rows of output row ho and the
+// in-frame kernel columns of output column wo (K_in = C * nh[ho] * nw[wo]).
+void lut_tap_counts(const ConvProblem& P, int32_t* nh, int32_t* nw);
 // wofs rows [o0, o1) of opad: the table of each (o, k) from w_bits (O, kh, kw, words)
 // (tail bits past C zero); rows past O point at the all-zero table.
 void lut_weight_offsets(const uint64_t* w, const ConvProblem& P, const LutGeometry& G, int64_t o0, int64_t o1,

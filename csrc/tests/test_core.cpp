@@ -212,14 +212,7 @@ static void test_lut() {
     std::vector<int64_t> xoff(G.K);
     cpu::lut_offsets(P, G, xoff.data());
     std::vector<int32_t> nh(P.Ho), nw(P.Wo);
-    for (int64_t i = 0; i < P.Ho; ++i) {
-      const core::TapRange t = core::tap_range(i, P.kh, P.sh, P.ph, P.dh, P.H);
-      nh[i] = int32_t(t.t1 - t.t0);
-    }
-    for (int64_t i = 0; i < P.Wo; ++i) {
-      const core::TapRange t = core::tap_range(i, P.kw, P.sw, P.pw, P.dw, P.W);
-      nw[i] = int32_t(t.t1 - t.t0);
-    }
+    cpu::lut_tap_counts(P, nh.data(), nw.data());
     P.x = x.data();
     std::vector<uint8_t> planes(G.total, 0x80);
     const int64_t units = P.N * P.sh * G.Hq;
