@@ -418,8 +418,8 @@ void run_conv_lut(ConvProblem& P, const Tensor& w_bits, const LutKernels* lut) {
   const WeightLayout lay = weight_layout(w_bits, P, current(), lut);
   std::vector<int64_t> xoff(static_cast<size_t>(G.K));
   lut_offsets(P, G, xoff.data());
-  std::vector<int32_t> nh(static_cast<size_t>(P.Ho)), nw(static_cast<size_t>(P.Wo));
-  lut_tap_counts(P, nh.data(), nw.data());
+  std::vector<int32_t> kin(static_cast<size_t>(G.Qk));
+  lut_kin(P, G, kin.data());
   const std::unique_ptr<uint8_t[]> planes(new uint8_t[static_cast<size_t>(G.total)]);
   const int64_t filled = P.N * G.image;
   std::memset(planes.get() + filled, 0x80, static_cast<size_t>(G.total - filled));  // slack: padding bytes
@@ -432,10 +432,10 @@ void run_conv_lut(ConvProblem& P, const Tensor& w_bits, const LutKernels* lut) {
   L.planes = planes.get();
   L.xoff = xoff.data();
   L.wofs = reinterpret_cast<const uint16_t*>(lay.wofs.const_data_ptr<int16_t>());
-  L.nh = nh.data();
-  L.nw = nw.data();
+  L.kin = kin.data();
   L.scale = P.scale ? P.scale : P.ones;
-  const int64_t qb = 4 * lut->qv;  // grid positions per task
+  static const int64_t qbm = std::getenv("IRNET_QB") ? std::atoi(std::getenv("IRNET_QB")) : 4;
+  const int64_t qb = qbm * lut->qv;  // grid positions per task
   const int64_t nq = (G.Qn + qb - 1) / qb;
   const int64_t otiles = (P.O + lut->ot - 1) / lut->ot;
   const int64_t threads = at::get_num_threads();

@@ -5,6 +5,7 @@
 #include "cpu/xnor_lut.h"
 
 #include <cstring>
+#include <vector>
 
 #include "core/bitpack.h"
 #include "core/conv_geometry.h"
@@ -52,6 +53,7 @@ LutGeometry lut_geometry(const ConvProblem& P, int64_t qv) {
   G.plane = G.Hq * G.Wq;
   G.image = G.C4 * G.S * G.plane;
   G.Qn = (P.Ho - 1) * G.Wq + P.Wo;
+  G.Qk = G.Qn + 32;
   // A tile starting at q < Qn reads up to q + qv bytes past its step's offset, and the
   // last step's offset ends within one row of the last sub-plane's end.
   G.total = P.N * G.image + 2 * G.Wq + 2 * qv + 64;
@@ -68,14 +70,17 @@ void lut_offsets(const ConvProblem& P, const LutGeometry& G, int64_t* xoff) {
       }
 }
 
-void lut_tap_counts(const ConvProblem& P, int32_t* nh, int32_t* nw) {
+void lut_kin(const ConvProblem& P, const LutGeometry& G, int32_t* kin) {
+  std::vector<int32_t> nw(static_cast<size_t>(P.Wo));
+  for (int64_t j = 0; j < P.Wo; ++j) {
+    const core::TapRange t = core::tap_range(j, P.kw, P.sw, P.pw, P.dw, P.W);
+    nw[j] = int32_t(t.t1 - t.t0);
+  }
+  std::memset(kin, 0, sizeof(int32_t) * size_t(G.Qk));
   for (int64_t i = 0; i < P.Ho; ++i) {
     const core::TapRange t = core::tap_range(i, P.kh, P.sh, P.ph, P.dh, P.H);
-    nh[i] = int32_t(t.t1 - t.t0);
-  }
-  for (int64_t i = 0; i < P.Wo; ++i) {
-    const core::TapRange t = core::tap_range(i, P.kw, P.sw, P.pw, P.dw, P.W);
-    nw[i] = int32_t(t.t1 - t.t0);
+    const int32_t rowk = int32_t(P.C * (t.t1 - t.t0));
+    for (int64_t j = 0; j < P.Wo; ++j) kin[i * G.Wq + j] = rowk * nw[j];
   }
 }
 
@@ -182,9 +187,19 @@ struct Segment {
   int64_t i0, len, ho, wo;
 };
 
-// scratch: cnt [OT][QV] int32, kin [QV] int32, segments [QV + 1], y [channels][QV] float
+// The segments of grid positions [qt, qe) that are real output columns (wo < Wo).
+IRNET_INLINE int64_t grid_segments(int64_t qt, int64_t qe, int64_t Wq, int64_t Wo, Segment* seg) {
+  int64_t nseg = 0;
+  for (int64_t ho = qt / Wq, q = qt; q < qe; ++ho, q = ho * Wq) {
+    const int64_t wa = q - ho * Wq, wb = qe - ho * Wq < Wo ? qe - ho * Wq : Wo;
+    if (wa < wb) seg[nseg++] = Segment{q - qt, wb - wa, ho, wa};
+  }
+  return nseg;
+}
+
+// scratch: cnt [OT][QV] int32, segments [QV + 1], y [channels][QV] float (channels_last)
 int64_t scratch_bytes(int64_t channels) {
-  return int64_t(sizeof(int32_t)) * (OT * QV + QV + channels * QV) + int64_t(sizeof(Segment)) * (QV + 1) + 64;
+  return int64_t(sizeof(int32_t)) * (OT * QV + channels * QV) + int64_t(sizeof(Segment)) * (QV + 1) + 64;
 }
 
 // In place: r[j] (column j of the 16 x 16 bytes r[i][j]) = old row bytes r[0..16)[j].
@@ -268,6 +283,12 @@ void prep_planes(const ConvProblem& P, const LutGeometry& G, int64_t u0, int64_t
   }
 }
 
+// NCHW output: output channels (in pairs) outer, positions inner, so that each
+// channel's outputs of [q0, q1) are written as one sequential run (one of OT streams)
+// rather than OT-wide slices of every channel per tile: with the tile-outer order a big
+// batch's writes were 64 short streams, and the stores (read for ownership) cost 15-30%
+// of a 64-channel layer (measured at batch 4 / 16).  channels_last output: positions
+// outer, every channel of a tile staged in y and transposed 8 x 8 into the pixels.
 void conv_block(const LutProblem& L, int64_t n, int64_t q0, int64_t q1, int64_t o0, int64_t o1, void* scratch) {
   const ConvProblem& P = *L.P;
   const LutGeometry& G = L.G;
@@ -276,50 +297,50 @@ void conv_block(const LutProblem& L, int64_t n, int64_t q0, int64_t q1, int64_t 
   auto* base = reinterpret_cast<unsigned char*>(scratch);
   base += (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
   int32_t* cnt = reinterpret_cast<int32_t*>(base);
-  int32_t* kin = cnt + OT * QV;
-  Segment* seg = reinterpret_cast<Segment*>(kin + QV);
+  Segment* seg = reinterpret_cast<Segment*>(cnt + OT * QV);
   float* ybuf = reinterpret_cast<float*>(seg + QV + 1);
   const uint8_t* x = L.planes + n * G.image;
-  for (int64_t qt = q0; qt < q1; qt += QV) {
-    const int64_t qe = qt + QV < q1 ? qt + QV : q1;  // valid grid positions [qt, qe)
-    const int nv = int((qe - qt + 31) / 32);          // index vectors that cover them
-    // the row segments of [qt, qe) that are real output columns, and each position's
-    // K_in = C * in-frame kernel rows * in-frame kernel columns (0 elsewhere)
-    int64_t nseg = 0;
-    for (int64_t i = 0; i < QV; ++i) kin[i] = 0;
-    for (int64_t ho = qt / Wq, q = qt; q < qe; ++ho) {
-      const int64_t wa = q - ho * Wq, wb = qe - ho * Wq < Wo ? qe - ho * Wq : Wo;
-      if (wa < wb) {
-        seg[nseg++] = Segment{q - qt, wb - wa, ho, wa};
-        const int32_t rowk = int32_t(P.C * L.nh[ho]);
-        for (int64_t j = 0; j < wb - wa; ++j) kin[q - qt + j] = rowk * L.nw[wa + j];
+  // index vectors that cover the valid grid positions [qt, qe)
+  auto vectors = [](int64_t qt, int64_t qe) { return int((qe - qt + 31) / 32); };
+  if (!P.out_cl) {
+    for (int64_t ot = o0; ot < o1; ot += OT)
+      for (int64_t qt = q0; qt < q1; qt += QV) {
+        const int64_t qe = qt + QV < q1 ? qt + QV : q1;
+        tile_vectors<PV>(vectors(qt, qe), x + qt, L.xoff, L.wofs + ot * K, K, cnt);
+        const int64_t nseg = grid_segments(qt, qe, Wq, Wo, seg);
+        const int32_t* kin = L.kin + qt;
+        for (int64_t o = ot; o < ot + OT && o < o1; ++o) {
+          const float s = L.scale[o];
+          const int32_t* c = cnt + (o - ot) * QV;
+          for (int64_t g = 0; g < nseg; ++g) {  // each segment is a contiguous run of a plane
+            const Segment& S = seg[g];
+            const int64_t at = ((n * O + o) * Ho + S.ho) * Wo + S.wo;
+            float* dst = P.out + at;
+            const int32_t* cs = c + S.i0;
+            const int32_t* ks = kin + S.i0;
+            for (int64_t j = 0; j < S.len; ++j) dst[j] = float(2 * cs[j] - ks[j]) * s;
+            if (P.alpha) fused_run(dst, P.residual ? P.residual + at : nullptr, S.len, P.alpha[o], P.beta[o], P.lo, P.hi);
+          }
+        }
       }
-      q = ho * Wq + Wq;
-    }
+    return;
+  }
+  for (int64_t qt = q0; qt < q1; qt += QV) {
+    const int64_t qe = qt + QV < q1 ? qt + QV : q1;
+    const int nv = vectors(qt, qe);
+    const int32_t* kin = L.kin + qt;
     for (int64_t ot = o0; ot < o1; ot += OT) {
       tile_vectors<PV>(nv, x + qt, L.xoff, L.wofs + ot * K, K, cnt);
       for (int64_t o = ot; o < ot + OT && o < o1; ++o) {
         const float s = L.scale[o];
         const int32_t* c = cnt + (o - ot) * QV;
-        if (P.out_cl) {  // staged for the per-pixel writes below
-          float* y = ybuf + (o - o0) * QV;
-          for (int64_t i = 0; i < 32 * nv; ++i) y[i] = float(2 * c[i] - kin[i]) * s;
-          continue;
-        }
-        for (int64_t g = 0; g < nseg; ++g) {  // NCHW: each segment is a contiguous run of a plane
-          const Segment& S = seg[g];
-          const int64_t at = ((n * O + o) * Ho + S.ho) * Wo + S.wo;
-          float* dst = P.out + at;
-          const int32_t* cs = c + S.i0;
-          const int32_t* ks = kin + S.i0;
-          for (int64_t j = 0; j < S.len; ++j) dst[j] = float(2 * cs[j] - ks[j]) * s;
-          if (P.alpha) fused_run(dst, P.residual ? P.residual + at : nullptr, S.len, P.alpha[o], P.beta[o], P.lo, P.hi);
-        }
+        float* y = ybuf + (o - o0) * QV;
+        for (int64_t i = 0; i < 32 * nv; ++i) y[i] = float(2 * c[i] - kin[i]) * s;
       }
     }
-    if (!P.out_cl) continue;
-    // channels_last: a pixel's channels [o0, o1) are contiguous; 8 pixels x 8 channels of
-    // ybuf at a time are transposed in registers, the rest copied one by one
+    // a pixel's channels [o0, o1) are contiguous; 8 pixels x 8 channels of ybuf at a
+    // time are transposed in registers, the rest copied one by one
+    const int64_t nseg = grid_segments(qt, qe, Wq, Wo, seg);
     for (int64_t g = 0; g < nseg; ++g) {
       const Segment& S = seg[g];
       float* row = P.out + ((n * Ho + S.ho) * Wo + S.wo) * O + o0;  // the segment's first pixel

@@ -47,6 +47,7 @@ struct LutGeometry {
   int64_t plane = 0;  // bytes of a sub-plane: Hq * Wq
   int64_t image = 0;  // bytes of one image's planes: C4 * S * plane
   int64_t Qn = 0;     // output grid positions per image: (Ho - 1) * Wq + Wo
+  int64_t Qk = 0;     // entries of kin: Qn + 32 (a tile's last vector reads up to 31 past its end)
   int64_t total = 0;  // bytes of the planes buffer, with slack for the last tile's reads
 };
 
@@ -59,8 +60,7 @@ struct LutProblem {
   const uint8_t* planes = nullptr;  // G.total bytes, filled by prep_planes
   const int64_t* xoff = nullptr;    // [K]: byte offset of step k from an image's planes
   const uint16_t* wofs = nullptr;   // [opad][K]: byte offset of (o, k)'s table in the table set
-  const int32_t* nh = nullptr;      // [Ho]: in-frame kernel rows of output row ho
-  const int32_t* nw = nullptr;      // [Wo]: in-frame kernel columns of output column wo
+  const int32_t* kin = nullptr;     // [Qk]: K_in of grid position q (0 past a row's end)
   const float* scale = nullptr;     // [O]: the scale, or ones
 };
 
@@ -82,9 +82,9 @@ const LutKernels* lut_kernels();
 
 // xoff[k] for the K steps (see the layout above).
 void lut_offsets(const ConvProblem& P, const LutGeometry& G, int64_t* xoff);
-// nh[ho] (ho < Ho), nw[wo] (wo < Wo): the in-frame kernel rows of output row ho and the
-// in-frame kernel columns of output column wo (K_in = C * nh[ho] * nw[wo]).
-void lut_tap_counts(const ConvProblem& P, int32_t* nh, int32_t* nw);
+// kin[q] (q < G.Qk): K_in = C * (in-frame kernel rows) * (in-frame kernel columns) of
+// grid position q = ho * Wq + wo, 0 where wo >= Wo or q >= Qn (positions computed and dropped).
+void lut_kin(const ConvProblem& P, const LutGeometry& G, int32_t* kin);
 // wofs rows [o0, o1) of opad: the table of each (o, k) from w_bits (O, kh, kw, words)
 // (tail bits past C zero); rows past O point at the all-zero table.
 void lut_weight_offsets(const uint64_t* w, const ConvProblem& P, const LutGeometry& G, int64_t o0, int64_t o1,

@@ -211,8 +211,8 @@ static void test_lut() {
     cpu::lut_weight_offsets(w.data(), P, G, 0, opad, wofs.data());
     std::vector<int64_t> xoff(G.K);
     cpu::lut_offsets(P, G, xoff.data());
-    std::vector<int32_t> nh(P.Ho), nw(P.Wo);
-    cpu::lut_tap_counts(P, nh.data(), nw.data());
+    std::vector<int32_t> kin(G.Qk);
+    cpu::lut_kin(P, G, kin.data());
     P.x = x.data();
     std::vector<uint8_t> planes(G.total, 0x80);
     const int64_t units = P.N * P.sh * G.Hq;
@@ -221,7 +221,7 @@ static void test_lut() {
     for (int64_t o = 0; o < c.O; ++o) scale[o] = std::ldexp(1.0f, int(rng() % 7) - 3);
     cpu::LutProblem L;
     L.P = &P, L.G = G, L.planes = planes.data(), L.xoff = xoff.data(), L.wofs = wofs.data();
-    L.nh = nh.data(), L.nw = nw.data(), L.scale = scale.data();
+    L.kin = kin.data(), L.scale = scale.data();
     const std::vector<float> want = naive_conv(x, w, &scale, P);
     for (int cl = 0; cl < 2; ++cl) {
       std::vector<float> out(P.N * c.O * P.Ho * P.Wo, NAN);
