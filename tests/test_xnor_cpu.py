@@ -362,6 +362,10 @@ def test_levels_and_peak_probe():
     assert torch.ops.irnet.cpu_popcount_peak_bench(8, 1000) > 0
     with pytest.raises(RuntimeError, match="words <= 256"):
         torch.ops.irnet.cpu_popcount_peak_bench(1000, 1)
+    if "lut" in ops.cpu_conv_algorithms():
+        assert torch.ops.irnet.cpu_lut_peak_bench(36, 1000) > 0
+        with pytest.raises(RuntimeError, match="steps <= 4096"):
+            torch.ops.irnet.cpu_lut_peak_bench(0, 1)
 
 
 def test_python_level_api_without_kernels_is_graceful():

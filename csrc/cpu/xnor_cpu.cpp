@@ -434,8 +434,7 @@ void run_conv_lut(ConvProblem& P, const Tensor& w_bits, const LutKernels* lut) {
   L.wofs = reinterpret_cast<const uint16_t*>(lay.wofs.const_data_ptr<int16_t>());
   L.kin = kin.data();
   L.scale = P.scale ? P.scale : P.ones;
-  static const int64_t qbm = std::getenv("IRNET_QB") ? std::atoi(std::getenv("IRNET_QB")) : 4;
-  const int64_t qb = qbm * lut->qv;  // grid positions per task
+  const int64_t qb = 4 * lut->qv;  // grid positions per task
   const int64_t nq = (G.Qn + qb - 1) / qb;
   const int64_t otiles = (P.O + lut->ot - 1) / lut->ot;
   const int64_t threads = at::get_num_threads();
@@ -670,15 +669,14 @@ Tensor xnor_linear_cpu(const Tensor& x_bits, const Tensor& w_bits, const std::op
   return out;
 }
 
-// Binary peak probe: every thread runs the register tile of the current level over
-// L1-resident operands (`words` words per dot) `iters` times.  Returns binary
-// multiply-accumulates per second (one XOR-popcounted bit = one MAC).
+// Binary peak probes: every thread runs a kernel's register tile over L1-resident
+// operands; the rate of binary multiply-accumulates (one XOR-popcounted bit, or one
+// looked-up channel of one position, = one MAC) over all threads, per second.
 volatile uint64_t g_probe_sink = 0;
 
-double cpu_popcount_peak_bench(int64_t words, int64_t iters) {
-  TORCH_CHECK(words >= 1 && words <= 256 && iters >= 1,
-              "irnet::cpu_popcount_peak_bench: expected 1 <= words <= 256 and iters >= 1, got ", words, ", ", iters);
-  const LevelKernels* k = current();
+// probe(sink) runs one thread's share and returns its MACs
+template <class Probe>
+double probe_all_threads(const Probe& probe) {
   const int64_t threads = at::get_num_threads();
   std::atomic<int64_t> total{0};
   std::atomic<uint64_t> sink{0};
@@ -686,13 +684,31 @@ double cpu_popcount_peak_bench(int64_t words, int64_t iters) {
   at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       uint64_t s = 0;
-      total += k->peak_probe(words, iters, &s);
+      total += probe(&s);
       sink += s;
     }
   });
   const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  g_probe_sink = sink.load();  // keeps the probe's result alive
-  return double(total.load()) * core::kWordBits / sec;
+  g_probe_sink = sink.load();  // keeps the probes' results alive
+  return double(total.load()) / sec;
+}
+
+// The popcount tile of the current level, `words` words per dot.
+double cpu_popcount_peak_bench(int64_t words, int64_t iters) {
+  TORCH_CHECK(words >= 1 && words <= 256 && iters >= 1,
+              "irnet::cpu_popcount_peak_bench: expected 1 <= words <= 256 and iters >= 1, got ", words, ", ", iters);
+  const LevelKernels* k = current();
+  return probe_all_threads([&](uint64_t* s) { return k->peak_probe(words, iters, s) * core::kWordBits; });
+}
+
+// The table-lookup tile (AVX2), `steps` lookup steps (4 input channels each) per dot.
+double cpu_lut_peak_bench(int64_t steps, int64_t iters) {
+  TORCH_CHECK(steps >= 1 && steps <= 4096 && iters >= 1,
+              "irnet::cpu_lut_peak_bench: expected 1 <= steps <= 4096 and iters >= 1, got ", steps, ", ", iters);
+  const LutKernels* lut = lut_kernels();
+  TORCH_CHECK(lut != nullptr, "irnet::cpu_lut_peak_bench: the table-lookup kernel needs AVX2, which this CPU (or "
+              "this build) does not have");
+  return probe_all_threads([&](uint64_t* s) { return lut->peak_probe(steps, iters, s); });
 }
 
 }  // namespace
@@ -715,4 +731,5 @@ TORCH_LIBRARY_FRAGMENT(irnet, m) {
   m.def("cpu_conv_algorithms() -> str[]", &irnet::cpu::cpu_conv_algorithms);
   m.def("set_cpu_conv_algorithm(str algorithm) -> ()", &irnet::cpu::set_cpu_conv_algorithm);
   m.def("cpu_popcount_peak_bench(int words, int iters) -> float", &irnet::cpu::cpu_popcount_peak_bench);
+  m.def("cpu_lut_peak_bench(int steps, int iters) -> float", &irnet::cpu::cpu_lut_peak_bench);
 }

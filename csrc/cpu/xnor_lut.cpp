@@ -364,7 +364,29 @@ void conv_block(const LutProblem& L, int64_t n, int64_t q0, int64_t q1, int64_t 
   }
 }
 
-const LutKernels kKernels = {OT, QV, &prep_planes, &conv_block, &scratch_bytes};
+// The full register tile (PV vectors x OT channels) over a 4 KiB plane buffer, at
+// scattered step offsets, as in the kernel minus the planes' preparation and the output.
+int64_t peak_probe(int64_t steps, int64_t iters, uint64_t* sink) {
+  constexpr int64_t kBytes = 4096;
+  alignas(64) uint8_t planes[kBytes + QV];
+  for (int64_t i = 0; i < kBytes + QV; ++i) planes[i] = uint8_t((i * 7 + (i >> 5)) & 15);
+  std::vector<int64_t> xoff(static_cast<size_t>(steps));
+  std::vector<uint16_t> w(static_cast<size_t>(OT * steps));
+  for (int64_t k = 0; k < steps; ++k) {
+    xoff[k] = (k * 997) % kBytes;
+    for (int64_t o = 0; o < OT; ++o) w[o * steps + k] = uint16_t(((k * 5 + o * 11) % kZeroTable) * 16);
+  }
+  alignas(64) int32_t cnt[OT * QV];
+  uint64_t s = 0;
+  for (int64_t it = 0; it < iters; ++it) {
+    tile<PV>(planes + (it & 63), xoff.data(), w.data(), steps, cnt);
+    s += uint64_t(cnt[it % (OT * QV)]);
+  }
+  *sink = s;
+  return iters * steps * PV * OT * 128;
+}
+
+const LutKernels kKernels = {OT, QV, &prep_planes, &conv_block, &scratch_bytes, &peak_probe};
 
 }  // namespace lut_avx2
 #if defined(__clang__)

@@ -75,6 +75,10 @@ struct LutKernels {
   void (*conv_block)(const LutProblem& L, int64_t n, int64_t q0, int64_t q1, int64_t o0, int64_t o1, void* scratch);
   // scratch bytes conv_block needs for a range of `channels` output channels
   int64_t (*scratch_bytes)(int64_t channels);
+  // Throughput probe: runs the register tile `iters` times over L1-resident planes and
+  // tables with `steps` lookup steps per dot; returns the binary MACs done (each lookup:
+  // 32 positions x 4 channels).
+  int64_t (*peak_probe)(int64_t steps, int64_t iters, uint64_t* sink);
 };
 
 // The AVX2 kernels, or nullptr where the CPU (or the build) has no AVX2.
