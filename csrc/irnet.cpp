@@ -30,7 +30,9 @@ TORCH_LIBRARY(irnet, m) {
   // Libra-PB for deployment: packed sign(v) of shape (C_out, *S, words) and scale (C_out,).
   m.def("libra_pb_pack(Tensor w) -> (Tensor, Tensor)");
   // XNOR-popcount conv on packed operands x_bits (N, H, W, words), w_bits (O, kh, kw, words):
-  // y[n, o, p, q] = scale[o] * sum over in-frame taps of (C - 2 popcount(x ^ w)), float32 NCHW.
+  // y[n, o, p, q] = scale[o] * sum over in-frame taps of (C - 2 popcount(x ^ w)), float32 NCHW
+  // (channels_last: that layout).  x_bits may also be the float activations (N, C, H, W)
+  // themselves: the op packs their signs (bit = x < 0) as pack_bits would.
   m.def("xnor_conv2d(Tensor x_bits, Tensor w_bits, Tensor? scale, int in_channels, int[2] stride, int[2] padding, int[2] dilation, bool channels_last=False) -> Tensor");
   // xnor_conv2d with the layers after it folded in (a BatchNorm, a residual add, a clamping
   // activation): y = clamp((conv * alpha[o] + beta[o]) + residual, act_min, act_max), each

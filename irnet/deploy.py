@@ -63,7 +63,7 @@ class PackedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        y = torch.ops.irnet.xnor_conv2d(torch.ops.irnet.pack_bits(x), self.bits, self.scale.float(), self.in_channels,
+        y = torch.ops.irnet.xnor_conv2d(x, self.bits, self.scale.float(), self.in_channels,
                                         self.stride, self.padding, self.dilation, ops.wants_channels_last(x))
         y = y.to(x.dtype)
         if self.bias is not None:
@@ -116,7 +116,7 @@ class FusedPackedConv2d(PackedConv2d):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input(x)
         y = torch.ops.irnet.xnor_conv2d_fused(
-            torch.ops.irnet.pack_bits(x), self.bits, self.scale.float(), self.in_channels, self.stride, self.padding,
+            x, self.bits, self.scale.float(), self.in_channels, self.stride, self.padding,
             self.dilation, ops.wants_channels_last(x), self.alpha.float(), self.beta.float(),
             None if residual is None else residual.float(), self.act_min, self.act_max)
         return y.to(x.dtype)

@@ -45,6 +45,16 @@ def _conv_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+def _bits(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """A conv op's x_bits: packed bits as they are, float activations (N, C, H, W) packed."""
+    if not x.is_floating_point():
+        return x
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise RuntimeError(f"irnet::xnor_conv2d: expected float x_bits as the activations (N, C, H, W) with "
+                           f"in_channels = {channels} channels, got shape {tuple(x.shape)}")
+    return ref.pack_bits(x)
+
+
 _REFERENCE_KERNELS = {
     "sign_ede": lambda x, k, t: ref.sign(x).contiguous(),
     "sign_ede_backward": lambda grad, x, k, t: ref.ede_grad(grad, x, k, t).contiguous(),
@@ -53,7 +63,7 @@ _REFERENCE_KERNELS = {
     "pack_bits": lambda x: ref.pack_bits(x).contiguous(),
     "libra_pb_pack": lambda w: _contiguous(ref.libra_pb_pack(w)),
     "xnor_conv2d": lambda xb, wb, scale, c, stride, padding, dilation, channels_last=False: ref.xnor_conv2d_bits(
-        xb, wb, scale, c, stride, padding, dilation).contiguous(memory_format=_conv_format(channels_last)),
+        _bits(xb, c), wb, scale, c, stride, padding, dilation).contiguous(memory_format=_conv_format(channels_last)),
     "xnor_linear": lambda xb, wb, scale, n: ref.xnor_linear_bits(xb, wb, scale, n).contiguous(),
     # no fused kernel for this device (CUDA): the device's xnor_conv2d (compiled where it
     # exists), then the epilogue as PyTorch ops
@@ -125,7 +135,8 @@ def _(w):
 
 
 def _fake_conv_output(x_bits, w_bits, stride, padding, dilation, channels_last):
-    n, h, w_, _ = x_bits.shape
+    # x_bits: packed (N, H, W, words), or the float activations (N, C, H, W)
+    n, h, w_ = (x_bits.shape[0], *x_bits.shape[2:]) if x_bits.is_floating_point() else x_bits.shape[:3]
     o, kh, kw, _ = w_bits.shape
     ho = _conv_out(h, kh, stride[0], padding[0], dilation[0])
     wo = _conv_out(w_, kw, stride[1], padding[1], dilation[1])
@@ -343,8 +354,10 @@ def xnor_conv2d(x: torch.Tensor, w, stride=1, padding=0, dilation=1) -> torch.Te
     ``w`` is a float (C_out, C_in, kh, kw) weight or a :class:`PackedWeight`.  The result
     is channels_last when ``x`` is (as F.conv2d's would be), NCHW-contiguous otherwise."""
     pw, stride, padding, dilation = _conv_args(x, w, stride, padding, dilation)
-    return torch.ops.irnet.xnor_conv2d(torch.ops.irnet.pack_bits(x), pw.bits, pw.scale, pw.in_channels, stride, padding,
-                                       dilation, wants_channels_last(x))
+    # the op takes the float activations and packs them itself (on the CPU, straight into
+    # the table-lookup kernel's planes where that kernel runs)
+    return torch.ops.irnet.xnor_conv2d(x, pw.bits, pw.scale, pw.in_channels, stride, padding, dilation,
+                                       wants_channels_last(x))
 
 
 def xnor_conv2d_fused(x: torch.Tensor, w, alpha: torch.Tensor, beta: torch.Tensor, residual=None, stride=1,
@@ -365,7 +378,7 @@ def xnor_conv2d_fused(x: torch.Tensor, w, alpha: torch.Tensor, beta: torch.Tenso
     _check_same_device(x=x, alpha=alpha, beta=beta, residual=residual)
     cl = wants_channels_last(x)
     return torch.ops.irnet.xnor_conv2d_fused(
-        torch.ops.irnet.pack_bits(x), pw.bits, pw.scale, pw.in_channels, stride, padding, dilation, cl,
+        x, pw.bits, pw.scale, pw.in_channels, stride, padding, dilation, cl,
         alpha.to(torch.float32), beta.to(torch.float32), None if residual is None else residual.to(torch.float32),
         float(act_min), float(act_max))
 

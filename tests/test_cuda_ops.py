@@ -200,6 +200,20 @@ def test_xnor_conv2d_float_end_to_end(case):
 
 
 @pytest.mark.parametrize("case", CONV_CASES[:8], ids=_conv_id)
+def test_xnor_conv2d_float_x_bits(case):
+    """The float activations in place of x_bits: packed by the op, the same bits as
+    pack_bits then the packed op (NCHW and channels_last input)."""
+    seed = _seeded()
+    n, c, h, w, o, kh, kw, stride, padding, dilation = case
+    x = torch.randn(n, c, h, w, device=DEV)
+    wb = _random_bits((o, kh, kw, (c + 63) // 64)).to(DEV)
+    args = (wb, None, c, list(stride), list(padding), list(dilation))
+    expect = OPS.xnor_conv2d(OPS.pack_bits(x), *args)
+    for xin in (x, x.contiguous(memory_format=torch.channels_last)):
+        assert torch.equal(OPS.xnor_conv2d(xin, *args), expect), f"seed={seed} case={_conv_id(case)}"
+
+
+@pytest.mark.parametrize("case", CONV_CASES[:8], ids=_conv_id)
 def test_xnor_conv2d_fused(case):
     """The fused conv on CUDA (its xnor_conv2d, then the epilogue as PyTorch ops) against
     the reference epilogue on the CPU, bit for bit; NaN in the residual stays NaN."""

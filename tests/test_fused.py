@@ -58,6 +58,22 @@ def test_fused_conv_matches_reference(level, case):
 
 
 @needs_kernels
+@pytest.mark.parametrize("case", CONV_CASES[1::3], ids=[case_id(c) for c in CONV_CASES[1::3]])
+def test_fused_float_input_equals_packed(level, case):
+    """x_bits given as the float activations (NCHW or channels_last): the same bits as the
+    packed input, residual and epilogue included."""
+    n, c, h, w, o, k, s, p, d = case
+    x, wb = rand_pm(n, c, h, w), ref.pack_bits(rand_pm(o, c, *k))
+    shape = (n, o, out_size(h, k[0], s[0], p[0], d[0]), out_size(w, k[1], s[1], p[1], d[1]))
+    alpha, beta, residual, lo, hi = fused_args(o, shape, (-1.0, 1.0), "nchw")
+    for cl in (False, True):
+        args = (wb, pow2_scale(o), c, list(s), list(p), list(d), cl, alpha, beta, residual, lo, hi)
+        want = torch.ops.irnet.xnor_conv2d_fused(ref.pack_bits(x), *args)
+        for xin in (x, x.contiguous(memory_format=torch.channels_last)):
+            assert torch.equal(torch.ops.irnet.xnor_conv2d_fused(xin, *args), want), f"level={level} case={case} cl={cl}"
+
+
+@needs_kernels
 def test_fused_float_api_and_fallback_path():
     """ops.xnor_conv2d_fused packs a float input; the fallback registered for devices
     without a fused kernel (CUDA: that device's xnor_conv2d, then PyTorch ops) gives the
@@ -71,8 +87,9 @@ def test_fused_float_api_and_fallback_path():
     fallback = ops._REFERENCE_KERNELS["xnor_conv2d_fused"]
     xb = torch.ops.irnet.pack_bits(x)
     for cl in (False, True):
-        args = (xb, pw.bits, pw.scale, 70, [2, 2], [1, 1], [1, 1], cl, alpha, beta, residual, lo, hi)
-        assert torch.equal(fallback(*args), torch.ops.irnet.xnor_conv2d_fused(*args))
+        for xin in (xb, x):
+            args = (xin, pw.bits, pw.scale, 70, [2, 2], [1, 1], [1, 1], cl, alpha, beta, residual, lo, hi)
+            assert torch.equal(fallback(*args), torch.ops.irnet.xnor_conv2d_fused(*args))
     # channels_last input -> channels_last output, as for xnor_conv2d
     got_cl = ops.xnor_conv2d_fused(x.contiguous(memory_format=torch.channels_last), pw, alpha, beta, residual, 2, 1,
                                    act_min=lo, act_max=hi)
@@ -91,6 +108,9 @@ def test_fused_empty_batch_and_opcheck():
     torch.library.opcheck(op, (xb, wb, pow2_scale(6), 70, one, one, one, False, alpha, beta, None, -1.0, 1.0))
     torch.library.opcheck(op, (xb, wb, None, 70, [2, 1], [0, 2], [1, 2], True, alpha, beta,
                                torch.randn(2, 6, 2, 4), 0.0, INF))
+    x16 = rand_pm(2, 16, 9, 8)  # float activations, on the LUT kernel's path
+    torch.library.opcheck(op, (x16, ref.pack_bits(rand_pm(6, 16, 3, 3)), None, 16, one, one, one, False, alpha,
+                               beta, torch.randn(2, 6, 9, 8), -1.0, 1.0))
 
 
 @needs_kernels

@@ -1,5 +1,6 @@
 """CPU bit packing and XNOR-popcount conv / linear kernels (csrc/cpu/xnor_cpu.cpp),
 against the reference (irnet.reference), bit for bit, on every SIMD level this CPU runs."""
+import math
 import os
 import subprocess
 import sys
@@ -113,6 +114,40 @@ def test_xnor_conv2d_matches_reference(level, case):
         got_cl = torch.ops.irnet.xnor_conv2d(xb, wb, scale, c, list(s), list(p), list(d), True)
         assert got_cl.is_contiguous(memory_format=torch.channels_last), got_cl.stride()
         assert torch.equal(got_cl, want), f"channels_last level={level} case={case} scale={scale}"
+
+
+def float_inputs(x):
+    """x in the layouts a float-input conv must read alike: NCHW, channels_last, a channel
+    slice of a wider tensor (rows contiguous, other strides not), every other column of a
+    wider one (no contiguous dim: copied first), and float64."""
+    n, c, h, w = x.shape
+    wide = torch.zeros(n, c + 3, h, w)
+    wide[:, 1:c + 1] = x
+    cols = torch.zeros(n, c, h, 2 * w)
+    cols[..., ::2] = x
+    return {"nchw": x, "channels_last": x.contiguous(memory_format=torch.channels_last),
+            "channel_slice": wide[:, 1:c + 1], "strided": cols[..., ::2], "float64": x.double()}
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", CONV_CASES, ids=[case_id(c) for c in CONV_CASES])
+def test_xnor_conv2d_float_input_equals_packed(level, case):
+    """x_bits given as the float activations: the op packs them (on the LUT path straight
+    into its planes), bit for bit as pack_bits then the packed op; NaN and -0.0 pack to +1."""
+    n, c, h, w, o, k, s, p, d = case
+    x, wt = rand_pm(n, c, h, w), rand_pm(o, c, *k)
+    if x.numel() >= 3:
+        flat = x.view(-1)
+        flat[0], flat[flat.numel() // 2], flat[-1] = math.nan, -0.0, -math.inf
+    wb = ref.pack_bits(wt)
+    scale = pow2_scale(o)
+    args = (wb, scale, c, list(s), list(p), list(d))
+    want = torch.ops.irnet.xnor_conv2d(ref.pack_bits(x), *args)
+    for name, xin in float_inputs(x).items():
+        for cl in (False, True):
+            got = torch.ops.irnet.xnor_conv2d(xin, *args, cl)
+            assert got.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+            assert torch.equal(got, want), f"level={level} case={case} input={name} channels_last={cl}"
 
 
 @needs_kernels
@@ -286,6 +321,14 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.irnet.xnor_conv2d.default, (xb, wb, pow2_scale(6), 70, [1, 1], [1, 1], [1, 1]))
     torch.library.opcheck(torch.ops.irnet.xnor_conv2d.default, (xb, wb, None, 70, [2, 1], [0, 2], [1, 2]))
     torch.library.opcheck(torch.ops.irnet.xnor_conv2d.default, (xb, wb, None, 70, [1, 1], [1, 1], [1, 1], True))
+    # the float activations in place of the packed bits
+    torch.library.opcheck(torch.ops.irnet.xnor_conv2d.default, (x, wb, None, 70, [2, 1], [0, 2], [1, 2]))
+    torch.library.opcheck(torch.ops.irnet.xnor_conv2d.default,
+                          (x.contiguous(memory_format=torch.channels_last), wb, pow2_scale(6), 70, [1, 1], [1, 1],
+                           [1, 1], True))
+    x16 = rand_pm(2, 16, 9, 8)  # a layer the LUT kernel takes (16 channels)
+    torch.library.opcheck(torch.ops.irnet.xnor_conv2d.default,
+                          (x16, ref.pack_bits(rand_pm(4, 16, 3, 3)), None, 16, [1, 1], [1, 1], [1, 1]))
     xl, wl = ref.pack_bits(rand_pm(3, 100)), ref.pack_bits(rand_pm(7, 100))
     torch.library.opcheck(torch.ops.irnet.xnor_linear.default, (xl, wl, pow2_scale(7), 100))
     torch.library.opcheck(torch.ops.irnet.xnor_linear.default, (xl, wl, None, 100))
@@ -298,7 +341,12 @@ def test_bad_inputs_raise_useful_errors():
     wb = ref.pack_bits(rand_pm(3, 70, 3, 3))
     one = [1, 1]
     with pytest.raises(RuntimeError, match="int64"):
+        conv(xb.int(), wb, None, 70, one, one, one)
+    # float x_bits: the activations (N, C, H, W), C = in_channels
+    with pytest.raises(RuntimeError, match="in_channels = 70"):
         conv(xb.float(), wb, None, 70, one, one, one)
+    with pytest.raises(RuntimeError, match=r"\(N, C, H, W\)"):
+        conv(rand_pm(70, 5, 5), wb, None, 70, one, one, one)
     with pytest.raises(RuntimeError, match="rank 4"):
         conv(xb[0], wb, None, 70, one, one, one)
     with pytest.raises(RuntimeError, match="words per pixel"):

@@ -543,11 +543,13 @@ void run_conv(ConvProblem& P, const Tensor& w_bits, const Tensor& scale) {
 }
 
 // Both packed operands must hold ceil(channels/64) words in their last dim; returns it.
-int64_t check_words(const char* op, const Tensor& x_bits, const char* x_unit, const Tensor& w_bits,
+// (x_bits null: a float input, only w_bits to check)
+int64_t check_words(const char* op, const Tensor* x_bits, const char* x_unit, const Tensor& w_bits,
                     const char* w_unit, int64_t channels, const char* what) {
   const int64_t words = core::num_words(channels);
-  TORCH_CHECK(x_bits.size(-1) == words, "irnet::", op, ": expected x_bits with ", words, " words per ", x_unit,
-              " for ", channels, " ", what, ", got shape ", x_bits.sizes());
+  if (x_bits)
+    TORCH_CHECK(x_bits->size(-1) == words, "irnet::", op, ": expected x_bits with ", words, " words per ", x_unit,
+                " for ", channels, " ", what, ", got shape ", x_bits->sizes());
   TORCH_CHECK(w_bits.size(-1) == words, "irnet::", op, ": expected w_bits with ", words, " words per ", w_unit,
               " for ", channels, " ", what, " (as x_bits), got shape ", w_bits.sizes());
   return words;
@@ -572,13 +574,22 @@ struct FusedArgs {
 };
 
 // xnor_conv2d and (with `fused`) xnor_conv2d_fused: checks, the output, the problem.
-Tensor conv2d_cpu(const char* op, const Tensor& x_bits, const Tensor& w_bits, const std::optional<Tensor>& scale,
+Tensor conv2d_cpu(const char* op, const Tensor& x, const Tensor& w_bits, const std::optional<Tensor>& scale,
                   int64_t in_channels, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                   bool channels_last, const FusedArgs* fused) {
-  check_bits(op, "x_bits (N, H, W, words)", x_bits, 4);
+  // x: packed bits (N, H, W, words), or the float activations (N, C, H, W) themselves
+  const bool float_in = x.is_floating_point();
+  if (float_in) {
+    TORCH_CHECK(x.dim() == 4 && x.device().is_cpu(), "irnet::", op, ": expected float x_bits as the activations (N, C, ",
+                "H, W) on the CPU, got shape ", x.sizes(), " on ", x.device());
+    TORCH_CHECK(x.size(1) == in_channels, "irnet::", op, ": expected float activations with in_channels = ",
+                in_channels, " channels, got shape ", x.sizes());
+  } else {
+    check_bits(op, "x_bits (N, H, W, words)", x, 4);
+  }
   check_bits(op, "w_bits (C_out, kh, kw, words)", w_bits, 4);
   TORCH_CHECK(in_channels >= 1, "irnet::", op, ": expected in_channels >= 1, got ", in_channels);
-  const int64_t words = check_words(op, x_bits, "pixel", w_bits, "tap", in_channels, "channels");
+  const int64_t words = check_words(op, float_in ? nullptr : &x, "pixel", w_bits, "tap", in_channels, "channels");
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
               "irnet::", op, ": expected stride, padding, dilation of 2 ints each, got ", stride, ", ", padding, ", ",
               dilation);
@@ -589,7 +600,7 @@ Tensor conv2d_cpu(const char* op, const Tensor& x_bits, const Tensor& w_bits, co
   const int64_t kh = w_bits.size(1), kw = w_bits.size(2), O = w_bits.size(0);
   TORCH_CHECK(kh >= 1 && kw >= 1, "irnet::", op, ": expected a kernel of at least 1x1, got w_bits shape ",
               w_bits.sizes());
-  const int64_t N = x_bits.size(0), H = x_bits.size(1), W = x_bits.size(2);
+  const int64_t N = x.size(0), H = x.size(float_in ? 2 : 1), W = x.size(float_in ? 3 : 2);
   const int64_t Ho = core::conv_out_size(H, kh, stride[0], padding[0], dilation[0]);
   const int64_t Wo = core::conv_out_size(W, kw, stride[1], padding[1], dilation[1]);
   TORCH_CHECK(H >= 1 && W >= 1 && Ho >= 1 && Wo >= 1, "irnet::", op, ": expected an output of at least 1x1, got ",
@@ -597,7 +608,7 @@ Tensor conv2d_cpu(const char* op, const Tensor& x_bits, const Tensor& w_bits, co
               ", dilation ", dilation, ")");
   const Tensor s = checked_scale(op, scale, O);
   const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  Tensor out = at::empty({N, O, Ho, Wo}, x_bits.options().dtype(at::kFloat).memory_format(format));
+  Tensor out = at::empty({N, O, Ho, Wo}, w_bits.options().dtype(at::kFloat).memory_format(format));
   ConvProblem P;
   Tensor alpha, beta, residual;  // alive for the whole call
   if (fused) {
@@ -629,7 +640,8 @@ Tensor conv2d_cpu(const char* op, const Tensor& x_bits, const Tensor& w_bits, co
   P.O = O, P.kh = kh, P.kw = kw;
   P.sh = stride[0], P.sw = stride[1], P.ph = padding[0], P.pw = padding[1], P.dh = dilation[0], P.dw = dilation[1];
   P.Ho = Ho, P.Wo = Wo;
-  run_packed(P, x_bits, w_bits, s, out);
+  // float activations: packed here as pack_bits packs them (one op call less)
+  run_packed(P, float_in ? pack_bits_cpu(x) : x, w_bits, s, out);
   return out;
 }
 
@@ -657,7 +669,7 @@ Tensor xnor_linear_cpu(const Tensor& x_bits, const Tensor& w_bits, const std::op
   check_bits(op, "x_bits (N, words)", x_bits, 2);
   check_bits(op, "w_bits (C_out, words)", w_bits, 2);
   TORCH_CHECK(in_features >= 1, "irnet::xnor_linear: expected in_features >= 1, got ", in_features);
-  const int64_t words = check_words(op, x_bits, "row", w_bits, "row", in_features, "features");
+  const int64_t words = check_words(op, &x_bits, "row", w_bits, "row", in_features, "features");
   const int64_t N = x_bits.size(0), O = w_bits.size(0);
   const Tensor s = checked_scale(op, scale, O);
   Tensor out = at::empty({N, O}, x_bits.options().dtype(at::kFloat));

@@ -189,6 +189,13 @@ void check_packed_pair(const char* op, const at::Tensor& x_bits, const char* x_d
 at::Tensor xnor_conv2d_cuda(const at::Tensor& x_bits, const at::Tensor& w_bits, const std::optional<at::Tensor>& scale,
                             int64_t in_channels, at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation, bool channels_last) {
+  // float activations (N, C, H, W) in place of packed bits: packed here first
+  if (x_bits.is_floating_point()) {
+    TORCH_CHECK(x_bits.dim() == 4 && x_bits.size(1) == in_channels, "irnet::xnor_conv2d: expected float x_bits as the ",
+                "activations (N, C, H, W) with in_channels = ", in_channels, " channels, got shape ", x_bits.sizes());
+    return xnor_conv2d_cuda(pack_bits_cuda(x_bits), w_bits, scale, in_channels, stride, padding, dilation,
+                            channels_last);
+  }
   const char* op = "xnor_conv2d";
   check_packed_pair(op, x_bits, "x_bits (N, H, W, words)", w_bits, "w_bits (O, kh, kw, words)", 4);
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
