@@ -283,12 +283,14 @@ void prep_planes(const ConvProblem& P, const LutGeometry& G, int64_t u0, int64_t
   }
 }
 
-// NCHW output: output channels (in pairs) outer, positions inner, so that each
-// channel's outputs of [q0, q1) are written as one sequential run (one of OT streams)
-// rather than OT-wide slices of every channel per tile: with the tile-outer order a big
-// batch's writes were 64 short streams, and the stores (read for ownership) cost 15-30%
-// of a 64-channel layer (measured at batch 4 / 16).  channels_last output: positions
-// outer, every channel of a tile staged in y and transposed 8 x 8 into the pixels.
+// NCHW output: output channels (in pairs) outer, positions inner: each channel's
+// outputs of [q0, q1) are written (and, fused, its residual read) as one sequential run,
+// rather than a 128-position slice of every channel per tile.  Measured neutral against
+// the tile-outer order on the 2-core Zen 3 (alternating-process A/B: 64@56 at batch 1 and
+// 16, 16@32 at batch 16, the fused ResNet-20 at batch 128), though the stores cost 15-28%
+// of the 64@56 batch-16 layer (measured by redirecting them; streaming stores were
+// slower still).  channels_last output: positions outer, every channel of a tile staged
+// in y and transposed 8 x 8 into the pixels.
 void conv_block(const LutProblem& L, int64_t n, int64_t q0, int64_t q1, int64_t o0, int64_t o1, void* scratch) {
   const ConvProblem& P = *L.P;
   const LutGeometry& G = L.G;
