@@ -259,6 +259,36 @@ def test_non_contiguous_packed_inputs_and_threads(level):
         torch.set_num_threads(threads)
 
 
+# Calls big enough to run on several workers (small calls run on one thread: a parallel
+# region costs more than their compute): (N, C, H, W, O, k, stride, padding)
+BIG_CASES = [
+    (2, 16, 40, 40, 16, 3, 1, 1),   # table lookup under auto
+    (3, 96, 20, 21, 48, 3, 2, 1),   # popcount, stride 2
+    (1, 64, 30, 30, 64, 3, 1, 1),   # table lookup (stride 1, large map, NCHW) or popcount (channels_last)
+    (8, 200, 12, 12, 40, 1, 1, 0),
+]
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", BIG_CASES, ids=lambda c: "n{}c{}_{}x{}_o{}_k{}_s{}".format(*c[:7]))
+def test_calls_on_several_threads(level, case):
+    n, c, h, w, o, k, s, p = case
+    assert n * o * c * k * k * ((h + 2 * p - k) // s + 1) * ((w + 2 * p - k) // s + 1) >= 6e6
+    x, wt = rand_pm(n, c, h, w), rand_pm(o, c, k, k)
+    xb, wb = ref.pack_bits(x), ref.pack_bits(wt)
+    scale = pow2_scale(o)
+    want = ref.xnor_conv2d_bits(xb, wb, scale, c, (s, s), (p, p), (1, 1))
+    threads = torch.get_num_threads()
+    try:
+        for t in (2, 3):
+            torch.set_num_threads(t)
+            for cl in (False, True):
+                got = torch.ops.irnet.xnor_conv2d(x, wb, scale, c, [s, s], [p, p], [1, 1], cl)
+                assert torch.equal(got, want), f"level={level} case={case} threads={t} channels_last={cl}"
+    finally:
+        torch.set_num_threads(threads)
+
+
 @needs_kernels
 def test_weight_changed_in_place_between_calls(level):
     """The kernels keep re-laid weights between calls; a weight changed in place (by a

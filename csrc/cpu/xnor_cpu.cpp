@@ -410,6 +410,40 @@ const LutKernels* lut_for(const ConvProblem& P, const LevelKernels* k) {
   return algo == kAlgoLut || prefers_lut(P, G) ? lut : nullptr;
 }
 
+// Runs task(t, scratch) for t in [0, ntasks) on workers that take tasks one at a time
+// from a shared counter rather than in static shares: on a shared machine a thread that
+// loses its core for a while then does fewer tasks instead of holding up the call.  Each
+// worker gets its own scratch from make_scratch().  A call of `macs` binary MACs uses at
+// most one worker per kMinMacsPerWorker of them: a parallel region wakes the pool's
+// threads, which can cost more than a small layer's whole compute.  (2-core Zen 3 VM,
+// fused ResNet-20 at batch 1, whose binary layers have 2.4M MACs each, alternating
+// processes: 1.06 ms with 2M, 1.21 ms with every call on both threads; 4M made a 7.2M-MAC
+// layer, 128 channels at 7x7, 1.5x slower than two threads.)
+constexpr double kMinMacsPerWorker = 2e6;
+
+template <class MakeScratch, class Task>
+void run_tasks(int64_t ntasks, double macs, const MakeScratch& make_scratch, const Task& task) {
+  const int64_t by_work = std::max<int64_t>(1, static_cast<int64_t>(macs / kMinMacsPerWorker));
+  const int64_t workers = std::min<int64_t>({at::get_num_threads(), ntasks, by_work});
+  std::atomic<int64_t> next{0};
+  auto worker = [&](int64_t, int64_t) {
+    const auto scratch = make_scratch();
+    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < ntasks;
+         t = next.fetch_add(1, std::memory_order_relaxed))
+      task(t, scratch.get());
+  };
+  if (workers <= 1) {
+    worker(0, 1);
+  } else {
+    at::parallel_for(0, workers, 1, worker);
+  }
+}
+
+// Binary MACs of the problem (C * kh * kw per output value).
+double conv_macs(const ConvProblem& P) {
+  return double(P.N) * double(P.O) * double(P.Ho * P.Wo) * double(P.C * P.kh * P.kw);
+}
+
 // The LUT convolution (xnor_lut.h): nibble planes of the input (threads over plane
 // rows), then tasks of (image, a run of output grid positions, a group of channels)
 // handed out from a shared counter, as in run_conv.
@@ -445,19 +479,15 @@ void run_conv_lut(ConvProblem& P, const Tensor& w_bits, const LutKernels* lut) {
   if (P.out_cl && lut->ot < 8) tpg = (tpg * lut->ot + 7) / 8 * 8 / lut->ot;
   groups = (otiles + tpg - 1) / tpg;
   const int64_t ntasks = P.N * nq * groups;
-  const int64_t workers = std::min<int64_t>(threads, ntasks);
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    const std::unique_ptr<unsigned char[]> scratch(
-        new unsigned char[static_cast<size_t>(lut->scratch_bytes(tpg * lut->ot))]);
-    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < ntasks;
-         t = next.fetch_add(1, std::memory_order_relaxed)) {
-      const int64_t g = t % groups, nqi = t / groups;
-      const int64_t n = nqi / nq, iq = nqi % nq;
-      const int64_t o0 = g * tpg * lut->ot, o1 = std::min(P.O, (g + 1) * tpg * lut->ot);
-      lut->conv_block(L, n, iq * qb, std::min(G.Qn, iq * qb + qb), o0, o1, scratch.get());
-    }
-  });
+  const size_t scratch_bytes = static_cast<size_t>(lut->scratch_bytes(tpg * lut->ot));
+  run_tasks(
+      ntasks, conv_macs(P), [&] { return std::unique_ptr<unsigned char[]>(new unsigned char[scratch_bytes]); },
+      [&](int64_t t, unsigned char* scratch) {
+        const int64_t g = t % groups, nqi = t / groups;
+        const int64_t n = nqi / nq, iq = nqi % nq;
+        const int64_t o0 = g * tpg * lut->ot, o1 = std::min(P.O, (g + 1) * tpg * lut->ot);
+        lut->conv_block(L, n, iq * qb, std::min(G.Qn, iq * qb + qb), o0, o1, scratch);
+      });
 }
 
 // Splits output pixels into blocks and, when there are too few blocks for the threads,
@@ -524,22 +554,14 @@ void run_conv(ConvProblem& P, const Tensor& w_bits, const Tensor& scale) {
   if (nbm < 4 * threads) groups = std::min<int64_t>(npan, (4 * threads + nbm - 1) / nbm);
   const int64_t ppg = (npan + groups - 1) / groups;
   groups = (npan + ppg - 1) / ppg;
-  const int64_t scratch_words = conv_scratch_words(P, mb);
-  // Tasks are handed out one at a time from a shared counter rather than split
-  // statically: on a shared machine a thread that loses its core for a while then does
-  // fewer tasks instead of holding up the call.
-  const int64_t ntasks = nbm * groups;
-  const int64_t workers = std::min<int64_t>(threads, ntasks);
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    // (uninitialized: conv_block writes every part of it before reading it)
-    const std::unique_ptr<uint64_t[]> scratch(new uint64_t[static_cast<size_t>(scratch_words)]);
-    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < ntasks;
-         t = next.fetch_add(1, std::memory_order_relaxed)) {
-      const int64_t bm = t / groups, g = t % groups;
-      k->conv_block(P, bm * mb, std::min(M, bm * mb + mb), g * ppg, std::min(npan, g * ppg + ppg), scratch.get());
-    }
-  });
+  const size_t scratch_words = static_cast<size_t>(conv_scratch_words(P, mb));
+  // (scratch uninitialized: conv_block writes every part of it before reading it)
+  run_tasks(
+      nbm * groups, conv_macs(P), [&] { return std::unique_ptr<uint64_t[]>(new uint64_t[scratch_words]); },
+      [&](int64_t t, uint64_t* scratch) {
+        const int64_t bm = t / groups, g = t % groups;
+        k->conv_block(P, bm * mb, std::min(M, bm * mb + mb), g * ppg, std::min(npan, g * ppg + ppg), scratch);
+      });
 }
 
 // Both packed operands must hold ceil(channels/64) words in their last dim; returns it.
