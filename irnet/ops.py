@@ -354,8 +354,7 @@ def xnor_conv2d(x: torch.Tensor, w, stride=1, padding=0, dilation=1) -> torch.Te
     ``w`` is a float (C_out, C_in, kh, kw) weight or a :class:`PackedWeight`.  The result
     is channels_last when ``x`` is (as F.conv2d's would be), NCHW-contiguous otherwise."""
     pw, stride, padding, dilation = _conv_args(x, w, stride, padding, dilation)
-    # the op takes the float activations and packs them itself (on the CPU, straight into
-    # the table-lookup kernel's planes where that kernel runs)
+    # the op takes the float activations and packs them itself (one op call, not two)
     return torch.ops.irnet.xnor_conv2d(x, pw.bits, pw.scale, pw.in_channels, stride, padding, dilation,
                                        wants_channels_last(x))
 

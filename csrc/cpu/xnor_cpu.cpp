@@ -579,8 +579,10 @@ int64_t check_words(const char* op, const Tensor* x_bits, const char* x_unit, co
 
 // The common end of both ops once P's shape is set: the bits past P.C are masked in
 // both operands, then the one conv driver runs (a linear layer is a 1x1 conv).
-void run_packed(ConvProblem& P, const Tensor& x_bits, const Tensor& w_bits, const Tensor& s, Tensor& out) {
-  const Tensor xc = masked_tail(x_bits.contiguous(), P.C);
+// (x_tail_clean: x_bits come from pack_bits_cpu here, whose tail bits are 0: no scan)
+void run_packed(ConvProblem& P, const Tensor& x_bits, const Tensor& w_bits, const Tensor& s, Tensor& out,
+                bool x_tail_clean = false) {
+  const Tensor xc = x_tail_clean ? x_bits : masked_tail(x_bits.contiguous(), P.C);
   const Tensor wc = masked_tail(w_bits.contiguous(), P.C);
   P.x = reinterpret_cast<const uint64_t*>(xc.const_data_ptr<int64_t>());
   P.out = out.data_ptr<float>();
@@ -663,7 +665,7 @@ Tensor conv2d_cpu(const char* op, const Tensor& x, const Tensor& w_bits, const s
   P.sh = stride[0], P.sw = stride[1], P.ph = padding[0], P.pw = padding[1], P.dh = dilation[0], P.dw = dilation[1];
   P.Ho = Ho, P.Wo = Wo;
   // float activations: packed here as pack_bits packs them (one op call less)
-  run_packed(P, float_in ? pack_bits_cpu(x) : x, w_bits, s, out);
+  run_packed(P, float_in ? pack_bits_cpu(x) : x, w_bits, s, out, float_in);
   return out;
 }
 

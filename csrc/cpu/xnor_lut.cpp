@@ -369,9 +369,10 @@ void conv_block(const LutProblem& L, int64_t n, int64_t q0, int64_t q1, int64_t 
 // The full register tile (PV vectors x OT channels) over a 4 KiB plane buffer, at
 // scattered step offsets, as in the kernel minus the planes' preparation and the output.
 int64_t peak_probe(int64_t steps, int64_t iters, uint64_t* sink) {
-  constexpr int64_t kBytes = 4096;
-  alignas(64) uint8_t planes[kBytes + QV];
-  for (int64_t i = 0; i < kBytes + QV; ++i) planes[i] = uint8_t((i * 7 + (i >> 5)) & 15);
+  // steps read QV bytes from (it & 63) + xoff[k], xoff[k] < kBytes
+  constexpr int64_t kBytes = 4096, kSize = kBytes + 64 + QV;
+  alignas(64) uint8_t planes[kSize];
+  for (int64_t i = 0; i < kSize; ++i) planes[i] = uint8_t((i * 7 + (i >> 5)) & 15);
   std::vector<int64_t> xoff(static_cast<size_t>(steps));
   std::vector<uint16_t> w(static_cast<size_t>(OT * steps));
   for (int64_t k = 0; k < steps; ++k) {
