@@ -321,6 +321,22 @@ def test_same_weight_bits_with_other_in_channels(level):
 
 
 @needs_kernels
+@pytest.mark.parametrize("c", [7280, 7284])
+def test_longest_dots_of_the_lut_kernel(level, c):
+    """The LUT kernel counts a dot's matches in 16 bits, at most 4 per step of 4 channels:
+    with 7280 channels a 3x3 dot has 16380 steps and up to 65520 matches, the most it
+    takes; 7284 channels (16389 steps) go to the popcount tile even with 'lut' forced.
+    Every sign equal (all matches: the largest counts), all opposite, and random."""
+    x = torch.ones(1, c, 3, 4)
+    w = torch.ones(2, c, 3, 3)
+    w[1] = -1.0
+    for xs in (x, -x, rand_pm(1, c, 3, 4)):
+        got = ops.xnor_conv2d(xs, w, 1, 1)
+        assert torch.equal(got, F.conv2d(ref.sign(xs), ref.sign(w), None, 1, 1)), (level, c)
+    assert got.shape == (1, 2, 3, 4) and ops.xnor_conv2d(x, w, 1, 1)[0, 0, 1, 1].item() == 9 * c
+
+
+@needs_kernels
 def test_conv_algorithm_setting():
     before = ops.cpu_conv_algorithm()
     assert before in ("auto", "popcount", "lut")

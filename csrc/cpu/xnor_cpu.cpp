@@ -398,15 +398,16 @@ bool padded_copy_fits(const ConvProblem& P, int64_t padded_pixels) {
 }
 
 // The LUT kernel for this problem, or nullptr for the popcount tile: at the AVX2 level
-// only, where the padded planes stay within a few times the input and output (as for the
-// popcount path's padded copy), and as the algorithm setting says.
+// only, for dots of at most kMaxLutSteps lookups (its 16-bit counts), where the padded
+// planes stay within a few times the input and output (as for the popcount path's padded
+// copy), and as the algorithm setting says.
 const LutKernels* lut_for(const ConvProblem& P, const LevelKernels* k) {
   const int algo = algo_slot().load(std::memory_order_relaxed);
   if (algo == kAlgoPopcount || std::strcmp(k->name, "avx2") != 0) return nullptr;
   const LutKernels* lut = lut_kernels();
   if (lut == nullptr) return nullptr;
   const LutGeometry G = lut_geometry(P, lut->qv);
-  if (!padded_copy_fits(P, G.S * G.plane)) return nullptr;
+  if (G.K > kMaxLutSteps || !padded_copy_fits(P, G.S * G.plane)) return nullptr;
   return algo == kAlgoLut || prefers_lut(P, G) ? lut : nullptr;
 }
 

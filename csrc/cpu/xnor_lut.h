@@ -13,7 +13,7 @@
 // VPADDB per 128 MACs in the popcount tile (nibble-split operands, xnor_simd.cpp).
 // There are only 16 tables per valid-channel count, so the weights are stored as one
 // table offset per (output channel, step) and the tables stay in L1.  Counts grow by
-// at most 4 per step in bytes (63 steps, then added into int32 counts), and
+// at most 4 per step in bytes (63 steps, then added into 16-bit counts), and
 //   dot = matches - mismatches = 2 * matches - K_in,   y = scale[o] * float(dot),
 // exactly what the popcount kernel computes.  A padded tap reads an index byte 0x80,
 // which VPSHUFB turns into 0 matches, and K_in = C * (in-frame taps) of the output
@@ -52,6 +52,10 @@ struct LutGeometry {
 };
 
 LutGeometry lut_geometry(const ConvProblem& P, int64_t qv);
+
+// The kernel counts matches in 16-bit lanes, at most 4 per step: it takes dots of up to
+// this many steps (K = ceil(C/4) * kh * kw; a 3x3 layer with up to 7280 input channels).
+constexpr int64_t kMaxLutSteps = 65535 / 4;
 
 // The per-call data of a LUT convolution (pointers owned by the driver).
 struct LutProblem {
