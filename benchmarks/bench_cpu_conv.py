@@ -18,7 +18,8 @@ the weight bits each call, so xnor and packed time a deployed layer's steady sta
   * float32     torch.nn.functional.conv2d, same input, same thread count;
   * reference   irnet.reference.xnor_conv2d_bits (small layers only: it is slow).
 Timings are medians over repeats taken round-robin (one of each method per round, so
-that load from other processes hits all methods alike; the order rotates every round),
+that load from other processes hits all methods alike; a fresh random order every round,
+seeded, so that no method always runs right after the same one: benchmarks/timing.py),
 after warmup; the targets use the medians, and the same figures from each method's
 fastest repeat are reported too
 (the machine is shared: other processes can only slow a repeat down).

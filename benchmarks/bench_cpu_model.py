@@ -18,8 +18,9 @@ which irnet's packing needs no transpose and its conv writes NHWC directly), and
 --no-compile, the channels_last models once more under torch.compile (inductor fuses
 the BatchNorm / residual add / hardtanh passes around the convolutions; irnet's ops are
 opaque custom ops with fake kernels, so the packed model compiles as a whole graph).
-Medians over round-robin repeats after warmup (one of each variant per round, in an
-order that rotates every round, so that load from other processes hits all alike); the
+Medians over round-robin repeats after warmup (one of each variant per round, in a
+fresh random order every round, so that load from other processes hits all alike and no
+variant always follows the same one: benchmarks/timing.py); the
 fastest repeat is reported too.  The packed and float models get the same random input;
 their predictions are not compared here (the float network is a different function:
 tests/test_api.py checks packed == binary model, tests/test_fused.py fused ~ packed).
