@@ -37,12 +37,6 @@ __all__ = ["convert", "PackedConv2d", "PackedLinear", "FusedPackedConv2d", "Fuse
            "model_bytes"]
 
 
-def _float32(t: torch.Tensor) -> torch.Tensor:
-    # (a dtype test in Python is cheaper than the no-op .float() call it saves: ~1 us a call,
-    # several per layer, which shows in a small network at batch 1)
-    return t if t.dtype == torch.float32 else t.float()
-
-
 def _as_dtype(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return y if y.dtype == dtype else y.to(dtype)
 
@@ -73,7 +67,7 @@ class PackedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        y = torch.ops.irnet.xnor_conv2d(x, self.bits, _float32(self.scale), self.in_channels,
+        y = torch.ops.irnet.xnor_conv2d(x, self.bits, ops._float32(self.scale), self.in_channels,
                                         self.stride, self.padding, self.dilation, ops.wants_channels_last(x))
         y = _as_dtype(y, x.dtype)
         if self.bias is not None:
@@ -103,7 +97,7 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.weight_shape[1]:
             raise ValueError(f"PackedLinear: expected input (N, {self.weight_shape[1]}), got {tuple(x.shape)}")
-        y = torch.ops.irnet.xnor_linear(torch.ops.irnet.pack_bits(x), self.bits, _float32(self.scale),
+        y = torch.ops.irnet.xnor_linear(torch.ops.irnet.pack_bits(x), self.bits, ops._float32(self.scale),
                                         self.weight_shape[1])
         y = _as_dtype(y, x.dtype)
         return y if self.bias is None else y + self.bias
@@ -127,9 +121,9 @@ class FusedPackedConv2d(PackedConv2d):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input(x)
         y = torch.ops.irnet.xnor_conv2d_fused(
-            x, self.bits, _float32(self.scale), self.in_channels, self.stride, self.padding,
-            self.dilation, ops.wants_channels_last(x), _float32(self.alpha), _float32(self.beta),
-            None if residual is None else _float32(residual), self.act_min, self.act_max)
+            x, self.bits, ops._float32(self.scale), self.in_channels, self.stride, self.padding,
+            self.dilation, ops.wants_channels_last(x), ops._float32(self.alpha), ops._float32(self.beta),
+            None if residual is None else ops._float32(residual), self.act_min, self.act_max)
         return _as_dtype(y, x.dtype)
 
     def extra_repr(self) -> str:
