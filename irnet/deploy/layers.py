@@ -1,40 +1,15 @@
-"""Turn a trained IR-Net model into a bit-packed inference model.
-
-``convert(model)`` returns a copy of ``model`` (in eval mode) in which
-
-* every 1w1a layer (``IRConv2d`` / ``IRLinear`` with ``binary_act=True``) becomes a
-  :class:`PackedConv2d` / :class:`PackedLinear`: the Libra-PB weight is packed once
-  (one bit per weight, ``sign(v)``) with its power-of-two scale ``s_o``, and the forward
-  is ``s_o * (K - 2 popcount(pack(x) XOR w))`` by the XNOR-popcount kernels;
-* every 1w32a layer (``binary_act=False``; its input is real-valued, so there is no
-  XNOR to do) becomes a plain conv/linear holding the fixed binarized weight
-  ``sign(v) * s_o``.
-
-Because ``s_o`` is a power of two and the dot an integer, the packed layers give the
-float layers' outputs bit for bit, so the converted model predicts exactly what the
-trained one does in eval mode.  The packed weight takes 1/32 of the float32 memory.
-
-``convert(model, fuse=True)`` goes one step further for the residual blocks of the zoo
-(:class:`irnet.models.blocks.BasicBlock` with packed convolutions): each binary conv
-and the BatchNorm, residual add and clamping activation after it run as one kernel
-(:class:`FusedPackedConv2d`, ``torch.ops.irnet.xnor_conv2d_fused``), one pass over the
-output instead of four.  The BatchNorm is folded into a per-channel ``alpha``, ``beta``,
-so the outputs equal the unfused model's to float rounding only (not bit for bit);
-predictions agree except where two logits are within rounding of each other.
-"""
+"""The inference layers of a packed model (see irnet.deploy): bit-packed binary convs and
+linears, and the fused conv + BatchNorm + residual + clamp of the zoo's residual blocks."""
 from __future__ import annotations
-
-import copy
 
 import torch
 import torch.nn as nn
 
-from . import ops
-from .models.blocks import BasicBlock
-from .nn import IRConv2d, IRLinear
+from .. import ops
+from ..models.blocks import BasicBlock
+from ..nn import IRConv2d, IRLinear
 
-__all__ = ["convert", "PackedConv2d", "PackedLinear", "FusedPackedConv2d", "FusedBasicBlock", "packed_layers",
-           "model_bytes"]
+__all__ = ["PackedConv2d", "PackedLinear", "FusedPackedConv2d", "FusedBasicBlock"]
 
 
 def _as_dtype(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -179,72 +154,3 @@ class FusedBasicBlock(nn.Module):
             h = self.conv1(x, self.shortcut(x))
             return self.conv2(h, h)
         return self.conv2(self.conv1(x), self.shortcut(x))
-
-
-def _frozen_real_layer(layer: nn.Module) -> nn.Module:
-    """A 1w32a layer: a plain conv/linear holding the fixed Libra-PB weight sign(v)*s."""
-    with torch.no_grad():
-        wb = layer.binary_weight().detach().clone()
-    if isinstance(layer, IRConv2d):
-        new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                        layer.dilation, bias=layer.bias is not None)
-    else:
-        new = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-    new = new.to(device=wb.device, dtype=wb.dtype)
-    with torch.no_grad():
-        new.weight.copy_(wb)
-        if layer.bias is not None:
-            new.bias.copy_(layer.bias)
-    new.requires_grad_(False)
-    return new
-
-
-def _convert_layer(layer: nn.Module) -> nn.Module:
-    if isinstance(layer, IRConv2d):
-        return PackedConv2d.from_layer(layer) if layer.binary_act else _frozen_real_layer(layer)
-    if isinstance(layer, IRLinear):
-        return PackedLinear.from_layer(layer) if layer.binary_act else _frozen_real_layer(layer)
-    return layer
-
-
-def convert(model: nn.Module, fuse: bool = False) -> nn.Module:
-    """A bit-packed inference copy of ``model`` (the original is left untouched).
-
-    The copy is in eval mode: BatchNorm uses its running statistics.  It runs on the
-    device the model is on; ``.to(device)`` moves the packed buffers too.  With
-    ``fuse=True`` every residual block of the zoo with 1w1a convs becomes a
-    :class:`FusedBasicBlock` (conv + BatchNorm + residual + activation in one kernel; equal
-    to the unfused model to float rounding, see the module docstring)."""
-    if isinstance(model, (IRConv2d, IRLinear)):
-        return _convert_layer(model.eval())
-    packed = copy.deepcopy(model).eval()
-
-    def replace(module: nn.Module):
-        for name, child in module.named_children():
-            new = _convert_layer(child)
-            if new is not child:
-                setattr(module, name, new)
-            else:
-                replace(child)
-
-    def fuse_blocks(module: nn.Module):
-        for name, child in module.named_children():
-            if FusedBasicBlock.fusable(child):
-                setattr(module, name, FusedBasicBlock(child))
-            else:
-                fuse_blocks(child)
-
-    replace(packed)
-    if fuse:
-        fuse_blocks(packed)
-    return packed
-
-
-def packed_layers(model: nn.Module):
-    return [m for m in model.modules() if isinstance(m, (PackedConv2d, PackedLinear))]  # fused convs included
-
-
-def model_bytes(model: nn.Module) -> int:
-    """Bytes held by a model's parameters and buffers."""
-    tensors = list(model.parameters()) + [b for b in model.buffers() if b is not None]
-    return sum(t.numel() * t.element_size() for t in tensors)

@@ -1,0 +1,75 @@
+"""Run-time controls of the compiled CPU kernels: which SIMD level, which conv algorithm.
+
+The CPU XNOR kernels (csrc/cpu/xnor_cpu.cpp) pick a SIMD level at load time (the best
+the CPU supports, or IRNET_SIMD=scalar|avx2|avx512), and the binary convolution has two
+algorithms: "popcount" (the XNOR-popcount register tile, every level) and "lut" (table
+lookups on 4-channel nibbles, AVX2 level only: faster for layers with few input channels
+on large images, see csrc/cpu/xnor_lut.h); "auto" (the default, or
+IRNET_CPU_CONV=auto|popcount|lut at load) picks per layer.  Both are exact: the choice
+changes speed, never a result.  These functions read or change the settings.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _ext
+
+__all__ = ["cpu_simd_level", "cpu_simd_levels", "set_cpu_simd_level", "cpu_conv_algorithm", "cpu_conv_algorithms",
+           "set_cpu_conv_algorithm"]
+
+
+def _cpu_control(name: str):
+    """The compiled control op torch.ops.irnet.<name>, or None without the extension."""
+    return getattr(torch.ops.irnet, name) if _ext.LOADED and hasattr(torch.ops.irnet, name) else None
+
+
+def _read_cpu_control(name: str, convert=lambda v: v, fallback="reference"):
+    op = _cpu_control(name)
+    return convert(op()) if op is not None else fallback
+
+
+def _set_cpu_control(name: str, value: str) -> None:
+    op = _cpu_control(name)
+    if op is not None:
+        op(str(value))
+    elif value != "reference":
+        import warnings
+
+        warnings.warn(f"irnet: the compiled CPU kernels are not loaded; {name}({value!r}) does nothing",
+                      RuntimeWarning, stacklevel=3)
+
+
+def cpu_simd_level() -> str:
+    """The SIMD level the CPU XNOR kernels use now ('avx512', 'avx2', 'scalar'), or
+    'reference' when the compiled CPU kernels are not available."""
+    return _read_cpu_control("cpu_simd_level")
+
+
+def cpu_simd_levels() -> list:
+    """The SIMD levels this CPU (and build) can run, best first; ['reference'] without the extension."""
+    return _read_cpu_control("cpu_simd_levels", list, ["reference"])
+
+
+def set_cpu_simd_level(level: str) -> None:
+    """Make the CPU XNOR kernels use ``level`` (one of :func:`cpu_simd_levels`).  Raises
+    RuntimeError for a level this CPU cannot run; a no-op on the reference path."""
+    _set_cpu_control("set_cpu_simd_level", level)
+
+
+def cpu_conv_algorithm() -> str:
+    """The CPU convolution algorithm setting: 'auto', 'popcount' or 'lut' ('reference'
+    without the compiled kernels)."""
+    return _read_cpu_control("cpu_conv_algorithm")
+
+
+def cpu_conv_algorithms() -> list:
+    """The settings that make a difference at the current SIMD level: ['auto', 'popcount',
+    'lut'] at 'avx2', ['auto', 'popcount'] elsewhere (there 'lut' runs popcount)."""
+    return _read_cpu_control("cpu_conv_algorithms", list, ["reference"])
+
+
+def set_cpu_conv_algorithm(algorithm: str) -> None:
+    """Set the CPU convolution algorithm: 'auto' (per layer), 'popcount', or 'lut' (wherever
+    the LUT kernel applies: AVX2 level, padding not much larger than the image).  Raises
+    RuntimeError for another name; a no-op on the reference path."""
+    _set_cpu_control("set_cpu_conv_algorithm", algorithm)
