@@ -24,6 +24,7 @@ predictions agree except where two logits are within rounding of each other.
 """
 from .convert import convert, model_bytes, packed_layers
 from .layers import FusedBasicBlock, FusedPackedConv2d, PackedConv2d, PackedLinear
+from .runtime import layer_by_layer
 
 __all__ = ["convert", "PackedConv2d", "PackedLinear", "FusedPackedConv2d", "FusedBasicBlock", "packed_layers",
-           "model_bytes"]
+           "model_bytes", "layer_by_layer"]
