@@ -20,6 +20,7 @@
 
 #include "core/bitpack.h"
 #include "core/conv_geometry.h"
+#include "cpu/xnor_cpu.h"
 #include "cpu/xnor_lut.h"
 #include "cpu/xnor_simd.h"
 
@@ -590,18 +591,12 @@ void run_packed(ConvProblem& P, const Tensor& x_bits, const Tensor& w_bits, cons
   run_conv(P, wc, s);
 }
 
-// The epilogue of irnet::xnor_conv2d_fused: y = clamp((y * alpha + beta) + residual, lo, hi).
-struct FusedArgs {
-  const Tensor& alpha;
-  const Tensor& beta;
-  const std::optional<Tensor>& residual;
-  double lo, hi;
-};
-
 // xnor_conv2d and (with `fused`) xnor_conv2d_fused: checks, the output, the problem.
+// `into`, if given, is the output ((N, O, Ho, Wo) float32 in the layout channels_last
+// asks for; checked), else a new tensor.
 Tensor conv2d_cpu(const char* op, const Tensor& x, const Tensor& w_bits, const std::optional<Tensor>& scale,
                   int64_t in_channels, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                  bool channels_last, const FusedArgs* fused) {
+                  bool channels_last, const FusedArgs* fused, const Tensor* into = nullptr) {
   // x: packed bits (N, H, W, words), or the float activations (N, C, H, W) themselves
   const bool float_in = x.is_floating_point();
   if (float_in) {
@@ -633,7 +628,16 @@ Tensor conv2d_cpu(const char* op, const Tensor& x, const Tensor& w_bits, const s
               ", dilation ", dilation, ")");
   const Tensor s = checked_scale(op, scale, O);
   const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  Tensor out = at::empty({N, O, Ho, Wo}, w_bits.options().dtype(at::kFloat).memory_format(format));
+  Tensor out;
+  if (into) {
+    TORCH_CHECK(into->scalar_type() == at::kFloat && into->device().is_cpu() &&
+                    into->sizes() == at::IntArrayRef({N, O, Ho, Wo}) && into->is_contiguous(format),
+                "irnet::", op, ": expected the output buffer as float32 CPU (", N, ", ", O, ", ", Ho, ", ", Wo, ") ",
+                channels_last ? "channels_last" : "contiguous", ", got ", into->scalar_type(), " ", into->sizes());
+    out = *into;
+  } else {
+    out = at::empty({N, O, Ho, Wo}, w_bits.options().dtype(at::kFloat).memory_format(format));
+  }
   ConvProblem P;
   Tensor alpha, beta, residual;  // alive for the whole call
   if (fused) {
@@ -749,6 +753,14 @@ double cpu_lut_peak_bench(int64_t steps, int64_t iters) {
 }
 
 }  // namespace
+
+void xnor_conv2d_cpu_into(const Tensor& x, const Tensor& w_bits, const std::optional<Tensor>& scale,
+                          int64_t in_channels, at::IntArrayRef stride, at::IntArrayRef padding,
+                          at::IntArrayRef dilation, bool channels_last, const FusedArgs* fused, const Tensor& out) {
+  conv2d_cpu(fused ? "xnor_conv2d_fused" : "xnor_conv2d", x, w_bits, scale, in_channels, stride, padding, dilation,
+             channels_last, fused, &out);
+}
+
 }  // namespace cpu
 }  // namespace irnet
 

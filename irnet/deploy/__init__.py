@@ -23,8 +23,8 @@ so the outputs equal the unfused model's to float rounding only (not bit for bit
 predictions agree except where two logits are within rounding of each other.
 """
 from .convert import convert, model_bytes, packed_layers
-from .layers import FusedBasicBlock, FusedPackedConv2d, PackedConv2d, PackedLinear
-from .runtime import layer_by_layer
+from .layers import FusedBasicBlock, FusedPackedConv2d, FusedPackedConvPool, PackedConv2d, PackedLinear
+from .runtime import PackedModel, layer_by_layer
 
-__all__ = ["convert", "PackedConv2d", "PackedLinear", "FusedPackedConv2d", "FusedBasicBlock", "packed_layers",
-           "model_bytes", "layer_by_layer"]
+__all__ = ["convert", "PackedModel", "PackedConv2d", "PackedLinear", "FusedPackedConv2d", "FusedPackedConvPool",
+           "FusedBasicBlock", "packed_layers", "model_bytes", "layer_by_layer"]

@@ -6,8 +6,11 @@ import copy
 import torch
 import torch.nn as nn
 
+from ..models.blocks import BasicBlock
 from ..nn import IRConv2d, IRLinear
-from .layers import FusedBasicBlock, PackedConv2d, PackedLinear
+from .layers import (FusedBasicBlock, FusedPackedConv2d, FusedPackedConvPool, PackedConv2d, PackedLinear,
+                     _clamp_bounds, fold_conv_batchnorm)
+from .runtime import PackedModel
 
 __all__ = ["convert", "packed_layers", "model_bytes"]
 
@@ -42,37 +45,96 @@ def convert(model: nn.Module, fuse: bool = False) -> nn.Module:
     """A bit-packed inference copy of ``model`` (the original is left untouched).
 
     The copy is in eval mode: BatchNorm uses its running statistics.  It runs on the
-    device the model is on; ``.to(device)`` moves the packed buffers too.  With
-    ``fuse=True`` every residual block of the zoo with 1w1a convs becomes a
-    :class:`FusedBasicBlock` (conv + BatchNorm + residual + activation in one kernel; equal
-    to the unfused model to float rounding, see the module docstring)."""
+    device the model is on; ``.to(device)`` moves the packed buffers too.
+
+    ``fuse=False``: every binary layer packed, everything else as it was; the logits equal
+    the trained model's (eval mode) bit for bit.
+
+    ``fuse=True`` (the fast form, see :class:`irnet.deploy.PackedModel`): also
+
+    * each residual block of the zoo with 1w1a convs becomes a :class:`FusedBasicBlock`
+      (binary conv + BatchNorm + residual + activation in one kernel);
+    * conv -> max pool -> BatchNorm -> clamp (VGG-Small) becomes a
+      :class:`FusedPackedConvPool`, and conv -> BatchNorm -> clamp a fused conv;
+    * every BatchNorm right after a float conv (the stem, the downsample shortcuts, the
+      1w32a layers) is folded into that conv's weight and bias;
+    * the result is wrapped in a :class:`PackedModel`, which on the CPU runs the whole
+      network as one C++ plan.
+
+    Folding rounds differently from the separate BatchNorm, so the fused model's logits
+    equal the unfused model's to float rounding, not bit for bit (predictions agree except
+    where two logits are within rounding of each other)."""
     if isinstance(model, (IRConv2d, IRLinear)):
         return _convert_layer(model.eval())
     packed = copy.deepcopy(model).eval()
+    _replace_layers(packed)
+    if not fuse:
+        return packed
+    _fuse(packed)
+    packed.requires_grad_(False)
+    return PackedModel(packed)
 
-    def replace(module: nn.Module):
-        for name, child in module.named_children():
-            new = _convert_layer(child)
-            if new is not child:
-                setattr(module, name, new)
-            else:
-                replace(child)
 
-    def fuse_blocks(module: nn.Module):
-        for name, child in module.named_children():
-            if FusedBasicBlock.fusable(child):
-                setattr(module, name, FusedBasicBlock(child))
-            else:
-                fuse_blocks(child)
+def _replace_layers(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        new = _convert_layer(child)
+        if new is not child:
+            setattr(module, name, new)
+        else:
+            _replace_layers(child)
 
-    replace(packed)
-    if fuse:
-        fuse_blocks(packed)
-    return packed
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.running_mean is not None
+            and conv.out_channels == bn.num_features)
+
+
+def _fusable_bn(bn: nn.Module) -> bool:
+    return type(bn) is nn.BatchNorm2d and bn.running_mean is not None
+
+
+def _fuse_sequence(children: list) -> list:
+    """The fusions of a Sequential's layers, in order (see convert)."""
+    out, i = [], 0
+    while i < len(children):
+        a = children[i]
+        b, c, d = (children[i + 1:i + 4] + [None, None, None])[:3]
+        if type(a) is PackedConv2d and FusedPackedConvPool.poolable(b) and _fusable_bn(c) and _clamp_bounds(d):
+            out.append(FusedPackedConvPool(a, b, c, *_clamp_bounds(d)))
+            i += 4
+        elif type(a) is PackedConv2d and _fusable_bn(b) and c is not None and _clamp_bounds(c):
+            out.append(FusedPackedConv2d(a, b, *_clamp_bounds(c)))
+            i += 3
+        elif _foldable(a, b):
+            out.append(fold_conv_batchnorm(a, b))
+            i += 2
+        else:
+            out.append(a)
+            i += 1
+    return out
+
+
+def _fuse(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if FusedBasicBlock.fusable(child):
+            child = FusedBasicBlock(child)
+            setattr(module, name, child)
+        elif isinstance(child, BasicBlock):  # 1w32a: fold each BatchNorm into its (float) conv
+            for conv, bn in (("conv1", "bn1"), ("conv2", "bn2")):
+                if _foldable(getattr(child, conv), getattr(child, bn)):
+                    setattr(child, conv, fold_conv_batchnorm(getattr(child, conv), getattr(child, bn)))
+                    setattr(child, bn, nn.Identity())
+        elif type(child) is nn.Sequential:
+            fused = _fuse_sequence(list(child))
+            if len(fused) != len(child):
+                child = nn.Sequential(*fused)
+                setattr(module, name, child)
+        _fuse(child)
 
 
 def packed_layers(model: nn.Module):
-    return [m for m in model.modules() if isinstance(m, (PackedConv2d, PackedLinear))]  # fused convs included
+    """Every packed binary layer of a model (fused ones included)."""
+    return [m for m in model.modules() if isinstance(m, (PackedConv2d, PackedLinear))]
 
 
 def model_bytes(model: nn.Module) -> int:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .. import ops
 from ..models.blocks import BasicBlock
 from ..nn import IRConv2d, IRLinear
 
-__all__ = ["PackedConv2d", "PackedLinear", "FusedPackedConv2d", "FusedBasicBlock"]
+__all__ = ["PackedConv2d", "PackedLinear", "FusedPackedConv2d", "FusedPackedConvPool", "FusedBasicBlock",
+           "fold_conv_batchnorm"]
 
 
 def _as_dtype(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -108,6 +110,12 @@ class FusedPackedConv2d(PackedConv2d):
 def _fold_batchnorm(bn: nn.BatchNorm2d, conv_bias):
     """(alpha, beta) float32 with bn(y + bias) = y * alpha + beta in eval mode (computed
     in float64, rounded once)."""
+    alpha, beta = _fold_batchnorm64(bn, conv_bias)
+    return alpha.float(), beta.float()
+
+
+def _fold_batchnorm64(bn: nn.BatchNorm2d, conv_bias):
+    """_fold_batchnorm's (alpha, beta) in float64, unrounded."""
     var = bn.running_var.detach().double()
     mean = bn.running_mean.detach().double()
     gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
@@ -115,7 +123,7 @@ def _fold_batchnorm(bn: nn.BatchNorm2d, conv_bias):
     alpha = gamma / torch.sqrt(var + bn.eps)
     bias = conv_bias.detach().double() if conv_bias is not None else torch.zeros_like(var)
     beta = shift + (bias - mean) * alpha
-    return alpha.float(), beta.float()
+    return alpha, beta
 
 
 def _clamp_bounds(act: nn.Module):
@@ -127,6 +135,63 @@ def _clamp_bounds(act: nn.Module):
     if isinstance(act, nn.Identity):
         return -float("inf"), float("inf")
     return None
+
+
+class FusedPackedConvPool(PackedConv2d):
+    """A PackedConv2d followed by a max pool, a BatchNorm and a clamping activation (the
+    VGG-Small pattern conv -> pool -> BN -> hardtanh):
+    ``clamp(max_pool2d(conv(x)) * alpha + beta, act_min, act_max)`` with the BatchNorm
+    folded to ``alpha``, ``beta`` (applied after the pool, as in the model: a negative
+    BatchNorm scale does not commute with max)."""
+
+    def __init__(self, conv: PackedConv2d, pool: nn.MaxPool2d, bn: nn.BatchNorm2d, act_min: float, act_max: float):
+        super().__init__(conv.bits, conv.scale, conv.weight_shape, conv.stride, conv.padding, conv.dilation)
+        alpha, beta = _fold_batchnorm(bn, conv.bias)
+        self.register_buffer("alpha", alpha)
+        self.register_buffer("beta", beta)
+        self.act_min, self.act_max = float(act_min), float(act_max)
+        self.pool_kernel, self.pool_stride, self.pool_padding = (list(_pair(pool.kernel_size)),
+                                                                 list(_pair(pool.stride or pool.kernel_size)),
+                                                                 list(_pair(pool.padding)))
+
+    @staticmethod
+    def poolable(pool: nn.Module) -> bool:
+        return (type(pool) is nn.MaxPool2d and _pair(pool.dilation) == (1, 1) and not pool.ceil_mode
+                and not pool.return_indices)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        y = torch.ops.irnet.xnor_conv2d(x, self.bits, ops._float32(self.scale), self.in_channels, self.stride,
+                                        self.padding, self.dilation, ops.wants_channels_last(x))
+        y = F.max_pool2d(y, self.pool_kernel, self.pool_stride, self.pool_padding)
+        # a separate multiply and add, each rounded (as the whole-network plan rounds them)
+        y = y * ops._float32(self.alpha).reshape(1, -1, 1, 1) + ops._float32(self.beta).reshape(1, -1, 1, 1)
+        return _as_dtype(torch.clamp(y, self.act_min, self.act_max), x.dtype)
+
+    def extra_repr(self) -> str:
+        return (super().extra_repr() + f", pool={self.pool_kernel}/{self.pool_stride}/{self.pool_padding}"
+                f", act=[{self.act_min}, {self.act_max}]")
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def fold_conv_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A float conv with the eval-mode BatchNorm after it folded in:
+    ``conv'(x) = conv(x) * alpha + beta`` with ``w' = w * alpha`` per output channel and
+    ``b' = beta + (b - mean) * alpha`` (computed in float64, rounded once; equal to
+    bn(conv(x)) to float rounding)."""
+    alpha, beta = _fold_batchnorm64(bn, conv.bias)
+    new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups, bias=True, padding_mode=conv.padding_mode)
+    new = new.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        w = conv.weight.detach().double() * alpha.reshape(-1, 1, 1, 1)
+        new.weight.copy_(w.to(conv.weight.dtype))
+        new.bias.copy_(beta.to(conv.weight.dtype))
+    new.requires_grad_(False)
+    return new
 
 
 class FusedBasicBlock(nn.Module):

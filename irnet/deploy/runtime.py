@@ -8,7 +8,10 @@ from __future__ import annotations
 import contextlib
 import threading
 
-__all__ = ["layer_by_layer", "running_layer_by_layer"]
+import torch
+import torch.nn as nn
+
+__all__ = ["layer_by_layer", "running_layer_by_layer", "PackedModel"]
 
 _state = threading.local()
 
@@ -26,3 +29,75 @@ def layer_by_layer():
         yield
     finally:
         _state.depth -= 1
+
+
+class PackedModel(nn.Module):
+    """The fast form of a packed network (``irnet.deploy.convert(model, fuse=True)``).
+
+    ``model`` is the packed module tree; its forward is the reference for what this
+    computes.  On the CPU, for a float32 input that needs no gradient, the whole network
+    runs as one C++ plan (:class:`irnet.deploy.plan.NetPlan`: no Python or dispatcher
+    cost per layer), which gives the module tree's output bit for bit.  Everywhere else
+    (another device or dtype, autograd, ``torch.compile`` / ``torch.export`` tracing,
+    inside :func:`layer_by_layer`, while any of its modules has a forward hook, or a model
+    with a part the planner does not know: ``plan_status()`` says why) it runs module by
+    module.
+
+    The plan holds the model's own tensors, so in-place changes of them (``load_state_dict``
+    copies in place) need nothing; ``.to()`` / ``.float()`` & co. drop the plan (it is built
+    again at the next call), and so does a tensor replaced by assignment (checked at every
+    call).  Attribute access falls through to ``model`` (``packed.fc`` is ``packed.model.fc``)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self._plan = None
+        self._plan_error = None  # why there is no plan, once building one failed
+
+    def plan_status(self) -> str:
+        """'plan' (the next CPU float32 call runs the whole-network plan), 'not built yet',
+        or the reason this model runs module by module."""
+        if self._plan is not None and self._plan.valid():
+            return "plan"
+        return self._plan_error or "not built yet"
+
+    def _current_plan(self):
+        plan = self._plan
+        if plan is not None and plan.valid():
+            return plan
+        if self._plan_error is not None:
+            return None
+        from .plan import NetPlan, PlanUnsupported
+
+        try:
+            self._plan = NetPlan(self.model)
+        except PlanUnsupported as exc:
+            self._plan, self._plan_error = None, f"module by module: {exc}"
+        return self._plan
+
+    def forward(self, x):
+        if (type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+                and not (x.requires_grad and torch.is_grad_enabled()) and not running_layer_by_layer()
+                and not torch.compiler.is_compiling()):
+            plan = self._current_plan()
+            if plan is not None and not plan.hooked():
+                return plan.run(x)
+        return self.model(x)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._plan, self._plan_error = None, None
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state["_plan"] = None  # deep copies and pickles build their own plan
+        return state
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self._modules["model"], name)
