@@ -18,6 +18,7 @@
 // irnet/deploy/plan.py agree on every field); activations live in numbered slots (slot
 // 0: the input), float fields travel as the int64 bit patterns of doubles.
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include <cstring>
@@ -60,6 +61,24 @@ enum StepKind : int64_t {
   // in, out, w, b
   kLinear = 11,
 };
+
+// the name a step has in torch.profiler traces ("irnet.plan.<kind>")
+const char* step_name(int64_t kind) {
+  switch (kind) {
+    case kConv: return "irnet.plan.conv2d";
+    case kBatchNorm: return "irnet.plan.batch_norm";
+    case kClamp: return "irnet.plan.clamp";
+    case kMaxPool: return "irnet.plan.max_pool2d";
+    case kAdd: return "irnet.plan.add";
+    case kOptionA: return "irnet.plan.option_a_shortcut";
+    case kBinConv: return "irnet.plan.binary_conv2d";
+    case kBinConvPool: return "irnet.plan.binary_conv2d_pool";
+    case kGlobalAvgPool: return "irnet.plan.global_avg_pool";
+    case kFlatten: return "irnet.plan.flatten";
+    case kLinear: return "irnet.plan.linear";
+    default: return "irnet.plan.unknown";
+  }
+}
 
 int64_t fields_of(int64_t kind) {
   switch (kind) {
@@ -141,6 +160,7 @@ Tensor run_plan(const Plan& plan, const Tensor& x) {
   auto in = [&](int64_t s) -> const Tensor& { return slots[static_cast<size_t>(s)]; };
   for (const Step& step : plan.steps) {
     const std::vector<int64_t>& f = step.f;
+    RECORD_FUNCTION(step_name(step.kind), std::vector<c10::IValue>());
     Tensor y;
     switch (step.kind) {
       case kConv:

@@ -25,102 +25,113 @@ namespace {
 // PyTorch's max: a NaN wins (and stays), otherwise the larger value.
 inline float max_nan(float m, float v) { return (v > m || v != v) ? v : m; }
 
-// m[i] = max(m[i], row[i]) over n values (one kernel row of a window, NCHW)
-IRNET_CLONES void max_rows(float* __restrict m, const float* __restrict row, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) m[i] = max_nan(m[i], row[i]);
-}
-
-// out[wo] = max_j m[wo * sw + j], j < kw, for wo in [0, n): the horizontal part of a
-// window whose columns are all in the (padded) row m
-IRNET_CLONES void max_cols(float* __restrict out, const float* __restrict m, int64_t n, int64_t sw, int64_t kw) {
-  for (int64_t wo = 0; wo < n; ++wo) {
-    float v = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < kw; ++j) v = max_nan(v, m[wo * sw + j]);
-    out[wo] = v;
-  }
+inline float clamp_nan(float v, float lo, float hi) {
+  v = v < lo ? lo : v;
+  return v > hi ? hi : v;
 }
 
 // v = clamp(v * a + b) or clamp(v) on n values of one channel (NCHW)
-IRNET_CLONES void epilogue_run(float* __restrict y, int64_t n, const float* a, const float* b, bool clamp, float lo,
-                               float hi) {
+inline void epilogue_run(float* __restrict y, int64_t n, const float* a, const float* b, bool clamp, float lo,
+                         float hi) {
   if (a) {
     const float av = *a, bv = *b;
     for (int64_t i = 0; i < n; ++i) y[i] = y[i] * av + bv;
   }
-  if (clamp) {
-    for (int64_t i = 0; i < n; ++i) {
-      float v = y[i] < lo ? lo : y[i];
-      y[i] = v > hi ? hi : v;
-    }
-  }
+  if (clamp)
+    for (int64_t i = 0; i < n; ++i) y[i] = clamp_nan(y[i], lo, hi);
 }
 
-// y[c] = clamp(y[c] * a[c] + b[c]) or clamp(y[c]) on the C channels of one pixel (channels_last)
-IRNET_CLONES void epilogue_channels(float* __restrict y, int64_t C, const float* __restrict a,
-                                    const float* __restrict b, bool clamp, float lo, float hi) {
-  if (a)
-    for (int64_t c = 0; c < C; ++c) y[c] = y[c] * a[c] + b[c];
-  if (clamp) {
-    for (int64_t c = 0; c < C; ++c) {
-      float v = y[c] < lo ? lo : y[c];
-      y[c] = v > hi ? hi : v;
+struct PoolGeometry {
+  int64_t C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw;
+};
+
+// NCHW, one (n, c) plane.  Output row ho: the vertical max of its window's in-frame input
+// rows into the row m (pw columns of -inf on either side: the padding), then the
+// horizontal max: with sw > 1, m is first split into its sw phases (phase r holds
+// m[i*sw + r]), so that tap j of output column wo is phase j % sw at wo + j / sw and
+// every loop below runs over contiguous memory (the compiler vectorizes them).
+IRNET_CLONES void max_pool_plane(const float* __restrict x, float* __restrict out, const PoolGeometry& g,
+                                 const float* alpha, const float* beta, const PoolEpilogue& epi, float* __restrict m,
+                                 float* __restrict phases) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const int64_t Wm = g.W + 2 * g.pw;
+  const int64_t plen = (Wm + g.sw - 1) / g.sw;  // entries per phase
+  for (int64_t i = 0; i < g.pw; ++i) m[i] = m[g.pw + g.W + i] = ninf;
+  for (int64_t i = Wm; i < plen * g.sw; ++i) m[i] = ninf;
+  for (int64_t ho = 0; ho < g.Ho; ++ho) {
+    const int64_t h0 = ho * g.sh - g.ph;
+    const int64_t i0 = h0 < 0 ? -h0 : 0, i1 = h0 + g.kh > g.H ? g.H - h0 : g.kh;
+    float* __restrict mr = m + g.pw;
+    const float* first = x + (h0 + i0) * g.W;
+    for (int64_t w = 0; w < g.W; ++w) mr[w] = first[w];
+    for (int64_t i = i0 + 1; i < i1; ++i) {
+      const float* row = x + (h0 + i) * g.W;
+      for (int64_t w = 0; w < g.W; ++w) mr[w] = max_nan(mr[w], row[w]);
     }
+    const float* src = m;
+    if (g.sw > 1) {
+      for (int64_t r = 0; r < g.sw; ++r)
+        for (int64_t i = 0; i < plen; ++i) phases[r * plen + i] = m[i * g.sw + r];
+      src = phases;
+    }
+    float* __restrict o = out + ho * g.Wo;
+    for (int64_t wo = 0; wo < g.Wo; ++wo) o[wo] = ninf;
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const float* p = g.sw > 1 ? src + (j % g.sw) * plen + j / g.sw : src + j;
+      for (int64_t wo = 0; wo < g.Wo; ++wo) o[wo] = max_nan(o[wo], p[wo]);
+    }
+  }
+  epilogue_run(out, g.Ho * g.Wo, alpha, beta, epi.clamp, epi.lo, epi.hi);
+}
+
+// channels_last, one output row (n, ho): each pixel's window max over the contiguous
+// channels, then the epilogue per channel.
+IRNET_CLONES void max_pool_row_nhwc(const float* __restrict x, float* __restrict out, const PoolGeometry& g,
+                                    int64_t ho, const PoolEpilogue& epi) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const int64_t C = g.C;
+  const int64_t h0 = ho * g.sh - g.ph;
+  const int64_t i0 = h0 < 0 ? -h0 : 0, i1 = h0 + g.kh > g.H ? g.H - h0 : g.kh;
+  for (int64_t wo = 0; wo < g.Wo; ++wo) {
+    float* __restrict o = out + wo * C;
+    for (int64_t c = 0; c < C; ++c) o[c] = ninf;
+    const int64_t w0 = wo * g.sw - g.pw;
+    const int64_t j0 = w0 < 0 ? -w0 : 0, j1 = w0 + g.kw > g.W ? g.W - w0 : g.kw;
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t j = j0; j < j1; ++j) {
+        const float* __restrict v = x + ((h0 + i) * g.W + w0 + j) * C;
+        for (int64_t c = 0; c < C; ++c) o[c] = max_nan(o[c], v[c]);
+      }
+    if (epi.alpha)
+      for (int64_t c = 0; c < C; ++c) o[c] = o[c] * epi.alpha[c] + epi.beta[c];
+    if (epi.clamp)
+      for (int64_t c = 0; c < C; ++c) o[c] = clamp_nan(o[c], epi.lo, epi.hi);
   }
 }
 
 IRNET_CLONES void clamp_run(float* __restrict y, int64_t n, float lo, float hi) {
-  for (int64_t i = 0; i < n; ++i) {
-    float v = y[i] < lo ? lo : y[i];
-    y[i] = v > hi ? hi : v;
-  }
+  for (int64_t i = 0; i < n; ++i) y[i] = clamp_nan(y[i], lo, hi);
 }
 
-// NCHW: one (n, c) plane at a time.  Each output row: the vertical max of its window's
-// in-frame input rows into a -inf padded row buffer m (pw columns of -inf on either
-// side), then the horizontal max over kw columns of m with stride sw.
-void max_pool_nchw(const float* x, float* out, int64_t planes, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
-                   int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, const PoolEpilogue& epi) {
-  const int64_t Wm = std::max<int64_t>(W + 2 * pw, (Wo - 1) * sw + kw);
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, H * W));
+void max_pool_nchw(const float* x, float* out, int64_t planes, const PoolGeometry& g, const PoolEpilogue& epi) {
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, g.H * g.W));
+  const int64_t plen = (g.W + 2 * g.pw + g.sw - 1) / g.sw;
   at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
-    std::vector<float> m(static_cast<size_t>(Wm));
-    const float ninf = -std::numeric_limits<float>::infinity();
+    std::vector<float> m(static_cast<size_t>(plen * g.sw)), phases(static_cast<size_t>(plen * g.sw));
     for (int64_t p = b; p < e; ++p) {
-      const float* xp = x + p * H * W;
-      float* op = out + p * Ho * Wo;
-      for (int64_t ho = 0; ho < Ho; ++ho) {
-        std::fill(m.begin(), m.end(), ninf);
-        const int64_t h0 = ho * sh - ph;
-        for (int64_t i = std::max<int64_t>(0, -h0); i < kh && h0 + i < H; ++i)
-          max_rows(m.data() + pw, xp + (h0 + i) * W, W);
-        max_cols(op + ho * Wo, m.data(), Wo, sw, kw);
-      }
-      const int64_t c = p % C;
-      epilogue_run(op, Ho * Wo, epi.alpha ? epi.alpha + c : nullptr, epi.beta ? epi.beta + c : nullptr, epi.clamp,
-                   epi.lo, epi.hi);
+      const int64_t c = p % g.C;
+      max_pool_plane(x + p * g.H * g.W, out + p * g.Ho * g.Wo, g, epi.alpha ? epi.alpha + c : nullptr,
+                     epi.beta ? epi.beta + c : nullptr, epi, m.data(), phases.data());
     }
   });
 }
 
-// channels_last: one output pixel at a time, the window's in-frame pixels max-ed over
-// the contiguous channels.
-void max_pool_nhwc(const float* x, float* out, int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
-                   int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, const PoolEpilogue& epi) {
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, Wo * C * kh * kw));
-  at::parallel_for(0, N * Ho, grain, [&](int64_t b, int64_t e) {
-    const float ninf = -std::numeric_limits<float>::infinity();
+void max_pool_nhwc(const float* x, float* out, int64_t N, const PoolGeometry& g, const PoolEpilogue& epi) {
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, g.Wo * g.C * g.kh * g.kw));
+  at::parallel_for(0, N * g.Ho, grain, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
-      const int64_t n = r / Ho, ho = r % Ho;
-      const int64_t h0 = ho * sh - ph;
-      for (int64_t wo = 0; wo < Wo; ++wo) {
-        float* o = out + ((n * Ho + ho) * Wo + wo) * C;
-        std::fill(o, o + C, ninf);
-        const int64_t w0 = wo * sw - pw;
-        for (int64_t i = std::max<int64_t>(0, -h0); i < kh && h0 + i < H; ++i)
-          for (int64_t j = std::max<int64_t>(0, -w0); j < kw && w0 + j < W; ++j)
-            max_rows(o, x + ((n * H + h0 + i) * W + w0 + j) * C, C);
-        epilogue_channels(o, C, epi.alpha, epi.beta, epi.clamp, epi.lo, epi.hi);
-      }
+      const int64_t n = r / g.Ho, ho = r % g.Ho;
+      max_pool_row_nhwc(x + n * g.H * g.W * g.C, out + r * g.Wo * g.C, g, ho, epi);
     }
   });
 }
@@ -153,10 +164,11 @@ void max_pool2d_into(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRe
   if (out.numel() == 0) return;
   const float* xp = x.const_data_ptr<float>();
   float* op = out.data_ptr<float>();
+  const PoolGeometry g{C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw};
   if (channels_last_layout(x))
-    max_pool_nhwc(xp, op, N, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, epi);
+    max_pool_nhwc(xp, op, N, g, epi);
   else
-    max_pool_nchw(xp, op, N * C, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, epi);
+    max_pool_nchw(xp, op, N * C, g, epi);
 }
 
 void option_a_shortcut_into(const at::Tensor& x, int64_t stride, int64_t pad_lo, int64_t pad_hi, const at::Tensor& out) {

@@ -38,6 +38,15 @@ class PackedConv2d(nn.Module):
     def in_channels(self) -> int:
         return self.weight_shape[1]
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to(memory_format=torch.channels_last) converts every 4-d buffer, the packed bits
+        # (O, kh, kw, words) too; the kernels want them contiguous (a strided copy would be
+        # made, and its weight layout rebuilt, at every call)
+        out = super()._apply(fn, *args, **kwargs)
+        if not self.bits.is_contiguous():
+            self.bits = self.bits.contiguous()
+        return out
+
     def _check_input(self, x: torch.Tensor):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"{type(self).__name__}: expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
