@@ -46,7 +46,7 @@ agreement with the float model is reported, not enforced (it may run in bf16).
 Timing (benchmarks/timing.py): round-robin repeats after warmup, each round in a fresh
 seeded random order, so that load from other processes hits all variants alike and no
 variant always follows the same one; medians and the fastest repeat are recorded.  Repeats
-are chosen per row from one timed round (about 45 s of rounds per row, 7-40 repeats;
+are chosen per row from one timed round (about 35 s of rounds per row, 7-40 repeats;
 --quick: ~3 s, 3-10) unless --repeats is given.  Memory: --malloc keep (the default) makes
 glibc keep freed memory, as jemalloc and tcmalloc do, for all variants alike (see
 machine.keep_freed_memory).  Machine, versions, load average at start and end, the
@@ -213,7 +213,7 @@ def time_row(fns: dict, args, before: dict) -> tuple[dict, dict, int]:
             before.get(k, lambda: None)()
             fn()
         round_s = time.perf_counter() - t0
-        target, lo, hi = (3.0, 3, 10) if args.quick else (45.0, 7, 40)
+        target, lo, hi = (3.0, 3, 10) if args.quick else (35.0, 7, 40)
         repeats = max(lo, min(hi, int(target / max(round_s, 1e-9))))
     med, best = time_round_robin(fns, repeats, warmup=1, before=before)
     return med, best, repeats
@@ -399,9 +399,11 @@ def plot(rows: list[dict], path: str, title: str):
         print("matplotlib missing: no chart")
         return False
     labels = [f"{r['model'].replace('_1w1a', '')}\nbatch {r['batch']}" for r in rows]
+    precisions = sorted({r["openvino"]["openvino"]["settings"].get("INFERENCE_PRECISION_HINT", "?")
+                         for r in rows if "openvino" in r.get("openvino", {})})
     series = [("over_best_float32", "over best float32 PyTorch", "tab:blue"),
-              ("over_openvino", "over OpenVINO (default precision)", "tab:orange")]
-    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2.5, 4.5))
+              ("over_openvino", f"over OpenVINO (default settings: {'/'.join(precisions) or '-'})", "tab:orange")]
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(rows) + 2.5), 4.8))
     w = 0.38
     for j, (key, label, color) in enumerate(series):
         xs = [i + (j - 0.5) * w for i in range(len(rows))]
@@ -507,8 +509,8 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out + ".json", "w") as f:
         json.dump(result, f, indent=1)
-    title = (f"packed 1w1a networks, {args.threads} thread(s), {cpu_name()}"
-             + (f", OpenVINO {ov['version'].split('-')[0]}" if ov.get("available") else ""))
+    title = (f"packed 1w1a networks (irnet.deploy.convert(model, fuse=True)), {args.threads} thread(s)\n{cpu_name()}, "
+             f"torch {torch.__version__}" + (f", OpenVINO {ov['version'].split('-')[0]}" if ov.get("available") else ""))
     drew = plot(rows, out + ".png", title) if rows else False
     print(f"wrote {out}.json" + (f" and {out}.png" if drew else "") + f" ({time.perf_counter() - _T0:.0f} s)")
 

@@ -229,6 +229,9 @@ def format_profile(result: dict, top: int = 6) -> str:
         if kind == COPIES and result["copies_in"]:
             where = "  in " + ", ".join(f"{op} {t * 1e3:.3f}" for op, t in list(result["copies_in"].items())[:3])
         lines.append(f"    {kind:<42s} {sec * 1e3:8.3f} ms  {sec / total:6.1%}{where}")
+    if result["kinds_s"][OVERHEAD] < -0.1 * total:
+        lines.append("    (the ops under the profiler took longer than the plain forward: the machine's speed changed "
+                     "between the phases, so these shares are unreliable; rerun on a quiet machine)")
     lines.append(f"  slowest leaf modules (hook to hook; all leaves {result['leaf_modules_s'] * 1e3:.3f} ms):")
     for m in result["modules"][:top]:
         lines.append(f"    {m['module']:<30s} {m['type']:<20s} {m['time_s'] * 1e3:8.3f} ms  {m['time_s'] / total:6.1%}")
