@@ -26,6 +26,11 @@ repeated and reduced to medians (robust to the odd forward another process inter
    against ``total_s`` shows the time spent outside them (containers' Python, residual adds
    in a block's forward).
 
+4. the model's default way to run, when that is a whole-network plan
+   (``irnet.deploy.convert(model, fuse=True)`` on the CPU): under torch.profiler, the time of
+   each plan step (the C++ plan marks them ``irnet.plan.<step>``) per kind, the plan's own
+   cost between its steps, and the Python and dispatch cost outside ``irnet::plan_run``.
+
 Only the calling thread's ops are recorded; time in OpenMP worker threads is inside the op
 that started them.
 """
@@ -119,6 +124,53 @@ def leaf_module_timers(model: nn.Module, samples: dict):
             h.remove()
 
 
+# plan steps (csrc/cpu/net_plan.cpp's step names) by kind
+PLAN_STEP_KINDS = {
+    "irnet.plan.binary_conv2d": "binary conv (fused epilogue)",
+    "irnet.plan.binary_conv2d_pool": "binary conv + max pool + BatchNorm + clamp",
+    "irnet.plan.conv2d": "float conv (stem, downsample; BatchNorm folded)",
+    "irnet.plan.batch_norm": "batchnorm",
+    "irnet.plan.max_pool2d": "pooling",
+    "irnet.plan.global_avg_pool": "pooling",
+    "irnet.plan.linear": "fc",
+    "irnet.plan.clamp": "activation (clamp)",
+    "irnet.plan.add": "residual adds",
+    "irnet.plan.option_a_shortcut": "shortcut (option A: subsample + zero pad)",
+    "irnet.plan.flatten": "other ops",
+}
+PLAN_OWN = "plan: between its steps"
+PLAN_CALL = "Python / dispatch outside the plan"
+
+
+def plan_profile(model: nn.Module, x: torch.Tensor, iters: int, default_s: float) -> dict | None:
+    """Seconds per forward of each plan step kind, the plan's own cost and the cost outside
+    it, for a model that runs as a whole-network plan (None for one that does not)."""
+    if getattr(model, "plan_status", lambda: None)() != "plan":
+        return None
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(iters):
+            model(x)
+    runs, steps = {}, {}
+    for event in prof.events():
+        if event.name == "irnet::plan_run":
+            runs[event.id] = event.time_range.elapsed_us() * 1e-6
+        elif event.name in PLAN_STEP_KINDS and event.cpu_parent is not None and event.cpu_parent.name == "irnet::plan_run":
+            acc = steps.setdefault(event.cpu_parent.id, {})
+            kind = PLAN_STEP_KINDS[event.name]
+            acc[kind] = acc.get(kind, 0.0) + event.time_range.elapsed_us() * 1e-6
+    if not runs:
+        return None
+    kinds = _medians(list(steps.values()))
+    run_s = statistics.median(runs.values())  # (a little longer than unprofiled: ~1 us per step)
+    kinds[PLAN_OWN] = run_s - sum(kinds.values())
+    plan = model._current_plan()
+    with torch.no_grad():
+        direct_s = _median_time(lambda: plan.run(x), max(3, iters))  # the op alone, unprofiled
+    kinds[PLAN_CALL] = default_s - direct_s
+    return {"plan_run_s": run_s, "plan_run_unprofiled_s": direct_s,
+            "kinds_s": dict(sorted(kinds.items(), key=lambda kv: -kv[1]))}
+
+
 def _median_time(fn, repeats: int) -> float:
     samples = []
     for _ in range(repeats):
@@ -188,6 +240,7 @@ def profile_model(model: nn.Module, x: torch.Tensor, iters: int | None = None, r
             with leaf_module_timers(model, module_samples):
                 for _ in range(iters):
                     model(x)
+    plan = plan_profile(model, x, iters, default_s)
     forwards = attribute(prof.events())
     if len(forwards) != iters or any("wall_s" not in f for f in forwards):
         raise RuntimeError(f"profile_layers: {len(forwards)} forwards in the profile, expected {iters}")
@@ -215,6 +268,7 @@ def profile_model(model: nn.Module, x: torch.Tensor, iters: int | None = None, r
         "copies_in": _medians([f["copies_in"] for f in forwards]),
         "leaf_modules_s": sum(m["time_s"] for m in modules),
         "modules": modules,
+        "plan": plan,
     }
 
 
@@ -232,6 +286,13 @@ def format_profile(result: dict, top: int = 6) -> str:
     if result["kinds_s"][OVERHEAD] < -0.1 * total:
         lines.append("    (the ops under the profiler took longer than the plain forward: the machine's speed changed "
                      "between the phases, so these shares are unreliable; rerun on a quiet machine)")
+    if result.get("plan"):
+        plan = result["plan"]
+        lines.append(f"  default mode: whole-network plan, {result['default_s'] * 1e3:.3f} ms (the plan op alone "
+                     f"{plan['plan_run_unprofiled_s'] * 1e3:.3f} ms, under the profiler {plan['plan_run_s'] * 1e3:.3f} "
+                     f"ms; shares of the profiled op):")
+        for kind, sec in plan["kinds_s"].items():
+            lines.append(f"    {kind:<48s} {sec * 1e3:8.3f} ms  {sec / plan['plan_run_s']:6.1%}")
     lines.append(f"  slowest leaf modules (hook to hook; all leaves {result['leaf_modules_s'] * 1e3:.3f} ms):")
     for m in result["modules"][:top]:
         lines.append(f"    {m['module']:<30s} {m['type']:<20s} {m['time_s'] * 1e3:8.3f} ms  {m['time_s'] / total:6.1%}")

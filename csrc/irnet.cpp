@@ -2,8 +2,8 @@
 //
 // CPU kernels are registered in csrc/cpu/*.cpp, CUDA kernels in csrc/cuda/*.cu
 // (TORCH_LIBRARY_IMPL(irnet, <key>, m)); fake (meta) kernels and autograd formulas
-// are registered from Python in irnet/ops.py.  Where a backend has no kernel for an
-// op, irnet/ops.py registers the pure-PyTorch reference (irnet/reference.py) for it.
+// are registered from Python in irnet/ops/ (fake.py, autograd.py).  Where a backend has no kernel for an
+// op, irnet/ops/registry.py registers the pure-PyTorch reference (irnet/reference.py) for it.
 //
 // Bit layout shared by every kernel (csrc/core/bitpack.h): a float tensor of shape
 // (N, C, *S) packs to int64 words of shape (N, *S, ceil(C/64)); channel c lives in

@@ -225,3 +225,14 @@ def test_malformed_programs_are_refused():
         plan.run(torch.randn(1, 3, 4, 4, dtype=torch.float64))
     with pytest.raises(PlanUnsupported):
         NetPlan(nn.Sequential(Custom()))
+
+
+def test_packed_bits_stay_contiguous_in_channels_last():
+    """.to(memory_format=torch.channels_last) converts every 4-d buffer; the packed bits
+    (O, kh, kw, words) must stay contiguous (else every call copied them and rebuilt the
+    kernels' weight layout)."""
+    for fuse in (False, True):
+        packed = irnet.deploy.convert(trained_like("resnet18_cifar_1w1a", 32), fuse=fuse)
+        packed = packed.to(memory_format=torch.channels_last)
+        layers = irnet.deploy.packed_layers(packed)
+        assert layers and all(m.bits.is_contiguous() for m in layers)

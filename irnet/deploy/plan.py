@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import operator
 import struct
+from collections import OrderedDict
 
 import torch
 import torch.fx as fx
@@ -49,6 +50,57 @@ def plans_available() -> bool:
 def _bits(v: float) -> int:
     """A float field: the int64 bit pattern of the double."""
     return struct.unpack("<q", struct.pack("<d", float(v)))[0]
+
+
+# PyTorch's registries of global module hooks (dicts, mutated in place)
+_GLOBAL_FORWARD_HOOKS = torch.nn.modules.module._global_forward_hooks
+_GLOBAL_FORWARD_PRE_HOOKS = torch.nn.modules.module._global_forward_pre_hooks
+
+# How many times a watched dict (below) changed, in any model: a plan re-checks its
+# tensors and hooks only when this moved since its last check (O(1) per call otherwise).
+_changes = [0]
+
+
+class _Watched(OrderedDict):
+    """A module's ``_parameters``, ``_buffers`` or forward (pre-)hook dict that counts its
+    changes in ``_changes``: a tensor replaced by assignment (``module.bits = ...``,
+    ``.to()``, ``load_state_dict(assign=True)``) or a hook added or removed."""
+
+    def __setitem__(self, key, value):
+        _changes[0] += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        _changes[0] += 1
+        super().__delitem__(key)
+
+    def pop(self, *args):
+        _changes[0] += 1
+        return super().pop(*args)
+
+    def popitem(self, *args, **kwargs):
+        _changes[0] += 1
+        return super().popitem(*args, **kwargs)
+
+    def clear(self):
+        _changes[0] += 1
+        super().clear()
+
+    def update(self, *args, **kwargs):
+        _changes[0] += 1
+        super().update(*args, **kwargs)
+
+    def setdefault(self, *args):
+        _changes[0] += 1
+        return super().setdefault(*args)
+
+
+def _watch(model: nn.Module) -> None:
+    for m in model.modules():
+        for attr in ("_parameters", "_buffers", "_forward_hooks", "_forward_pre_hooks"):
+            d = m.__dict__.get(attr)
+            if d is not None and type(d) is not _Watched:
+                object.__setattr__(m, attr, _Watched(d))
 
 
 class _Tracer(fx.Tracer):
@@ -229,6 +281,7 @@ class NetPlan:
     def __init__(self, model: nn.Module):
         if not plans_available():
             raise PlanUnsupported("the compiled extension (with its plan ops) is not loaded")
+        _watch(model)  # first: the plan keeps references to these dicts
         try:
             graph = _Tracer().trace(model)
         except Exception as exc:  # noqa: BLE001 (any trace failure means: no plan)
@@ -241,21 +294,31 @@ class NetPlan:
         self.steps = len(steps)
         self._refs = builder.refs
         self._modules = list(model.modules())
+        self._seen = -1  # _changes[0] at the last check of the tensors and hooks
+        self._fresh = self._hooked = False
         self._handle = torch.ops.irnet.plan_create(builder.tensors, torch.tensor(program, dtype=torch.int64))
         self._release = torch.ops.irnet.plan_release
+        self._run = torch.ops.irnet.plan_run.default  # (the overload itself: a little less to resolve per call)
+
+    def _check(self) -> None:
+        if self._seen != _changes[0]:
+            self._fresh = all(container.get(name) is t for container, name, t in self._refs)
+            self._hooked = any(m._forward_hooks or m._forward_pre_hooks for m in self._modules)
+            self._seen = _changes[0]
 
     def valid(self) -> bool:
-        return all(container.get(name) is t for container, name, t in self._refs)
+        """Whether the model still holds every tensor the plan was built from."""
+        self._check()
+        return self._fresh
 
     def hooked(self) -> bool:
-        """Whether any module of the model has a forward (pre-)hook, which only the module
-        by module run calls (checked at every call: a few microseconds)."""
-        g = torch.nn.modules.module
-        return bool(g._global_forward_hooks or g._global_forward_pre_hooks) or any(
-            m._forward_hooks or m._forward_pre_hooks for m in self._modules)
+        """Whether a module of the model (or a global hook) has a forward (pre-)hook, which
+        only the module-by-module run calls."""
+        self._check()
+        return self._hooked or bool(_GLOBAL_FORWARD_HOOKS or _GLOBAL_FORWARD_PRE_HOOKS)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.irnet.plan_run(self._handle, x)
+        return self._run(self._handle, x)
 
     def __del__(self):
         handle = getattr(self, "_handle", None)

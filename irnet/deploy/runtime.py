@@ -76,8 +76,8 @@ class PackedModel(nn.Module):
         return self._plan
 
     def forward(self, x):
-        if (type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-                and not (x.requires_grad and torch.is_grad_enabled()) and not running_layer_by_layer()
+        if (type(x) is torch.Tensor and x.dtype is torch.float32 and x.is_cpu and x.dim() == 4
+                and not (x.requires_grad and torch.is_grad_enabled()) and not getattr(_state, "depth", 0)
                 and not torch.compiler.is_compiling()):
             plan = self._current_plan()
             if plan is not None and not plan.hooked():
