@@ -39,6 +39,13 @@
 // below), and both call fold_columns / tree_step.  The additions are add_rn & co., which
 // the compilers may not contract into FMAs (device: the _rn intrinsics; host: the builds
 // pass -ffp-contract=off, and the x86-64 baseline has no FMA anyway).
+// What is guaranteed: CPU and CUDA outputs are identical bit for bit, because each output
+// is the same sequence of correctly rounded IEEE operations (+, -, *, /, sqrt, the
+// conversions, and the exact pow2_round) on the same inputs.  This holds as long as neither
+// side flushes subnormals to zero (CUDA is built without --use_fast_math / -ftz=true; on the
+// CPU, torch.set_flush_denormal(True) would break it for weights or centred values below
+// 2^-126 in float32, 2^-1022 in float64).  It is not a claim about closeness to the exact
+// real mean or sigma, which have the usual accuracy of a sum in double.
 #pragma once
 
 #include <cmath>
