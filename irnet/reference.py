@@ -69,7 +69,7 @@ def pow2_round(m: torch.Tensor) -> torch.Tensor:
 def _standardize(w: torch.Tensor):
     """Per output channel o over n = w[o].numel() weights:
     mu = mean, sigma = unbiased std (divides by n - 1), v = (w - mu) / sigma,
-    with v = 0 where sigma == 0 or n == 1.  Gradients flow through mu and sigma."""
+    with v = 0 where sigma == 0 or n <= 1.  Gradients flow through mu and sigma."""
     flat = w.reshape(w.shape[0], -1)
     n = flat.shape[1]
     mu = flat.mean(dim=1, keepdim=True)
@@ -87,6 +87,14 @@ def _standardize(w: torch.Tensor):
     return v, inv_sigma.reshape(-1)
 
 
+def _mean_abs(v: torch.Tensor) -> torch.Tensor:
+    """mean |v| per channel of the (O, n) v; 0 for empty channels (n == 0), which are
+    degenerate like constant ones (an empty mean would be NaN)."""
+    if v.shape[1] == 0:
+        return torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
+    return v.abs().mean(dim=1)
+
+
 def libra_pb_parts(w: torch.Tensor):
     """(wb, v, inv_sigma, scale): the tensors of the ``irnet::libra_pb`` op.
 
@@ -96,7 +104,7 @@ def libra_pb_parts(w: torch.Tensor):
     if w.dim() < 2:
         raise ValueError(f"libra_pb expects a weight of rank >= 2 (C_out, ...), got shape {tuple(w.shape)}")
     v, inv_sigma = _standardize(w)
-    scale = pow2_round(v.detach().abs().mean(dim=1))
+    scale = pow2_round(_mean_abs(v.detach()))
     wb = sign(v) * scale[:, None]
     shape = w.shape
     return wb.reshape(shape), v.reshape(shape), inv_sigma, scale
@@ -108,7 +116,7 @@ def libra_pb(w: torch.Tensor, k, t) -> torch.Tensor:
     if w.dim() < 2:
         raise ValueError(f"libra_pb expects a weight of rank >= 2 (C_out, ...), got shape {tuple(w.shape)}")
     v, _ = _standardize(w)
-    scale = pow2_round(v.detach().abs().mean(dim=1, keepdim=True))
+    scale = pow2_round(_mean_abs(v.detach()))[:, None]
     return (sign_ede(v, k, t) * scale).reshape(w.shape)
 
 

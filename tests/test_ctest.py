@@ -1,5 +1,6 @@
 """Builds the torch-free core and its C++ unit test with CMake and runs ctest."""
 import pathlib
+import re
 import shutil
 import subprocess
 
@@ -19,3 +20,5 @@ def test_ctest(tmp_path):
     for cmd in cmds:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+    # the host emulation of the CUDA Libra-PB kernels must have run, and passed, in it
+    assert re.search(r"Test +#\d+: test_libra_pb_emulation \.* +Passed", out.stdout), out.stdout[-4000:]

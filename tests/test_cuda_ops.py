@@ -344,10 +344,10 @@ def _check_libra(w, parts, seed):
     torch.testing.assert_close(v.double(), rv, rtol=tol, atol=tol, msg=lambda m: f"v: {info}: {m}")
     torch.testing.assert_close(inv_sigma.double(), rinv, rtol=tol, atol=0, msg=lambda m: f"inv_sigma: {info}: {m}")
     assert torch.equal(v < 0, rv < 0), f"sign(v) differs: {info}"
-    # scale = 2^round(log2(mean|v|)) of the v the kernel stored (its rounding decides a
-    # near-tie of log2 = k + 1/2 either way), exactly
-    m = v.double().flatten(1).abs().mean(dim=1) if v.dim() > 1 else v.double().abs()
-    assert torch.equal(scale, ref.pow2_round(m).to(dtype)), f"scale differs: {info}\n{scale}\n{m}"
+    # scale: exactly the CPU kernel's (both run csrc/core/libra_pb.h; for float16/bfloat16
+    # mean|v| and the power of two are float32 values of the unrounded v, rounded once)
+    cpu_scale = OPS.libra_pb(w, torch.tensor(1.0, dtype=dtype), torch.tensor(1.0, dtype=dtype))[3]
+    assert torch.equal(scale, cpu_scale), f"scale differs from the CPU kernel's: {info}\n{scale}\n{cpu_scale}"
     if dtype in (torch.float32, torch.float64):
         # v is within an ulp of the float64 truth: a tie is then vanishingly unlikely
         assert torch.equal(scale.double(), rscale), f"scale differs from float64: {info}\n{scale}\n{rscale}"

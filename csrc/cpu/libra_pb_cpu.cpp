@@ -2,9 +2,10 @@
 //
 // The weight w of shape (O, ...) is viewed as O channels of n = numel / O values; each
 // channel is one task of at::parallel_for and is swept a few times while it sits in
-// cache.  float32 and float64 are computed natively (sums in double); float16 and
-// bfloat16 weights are computed in float32 and the outputs rounded to the input dtype
-// (v first, then wb = sign(v_rounded) * scale, so wb and v always agree in sign).
+// cache.  The forward's arithmetic is csrc/core/libra_pb.h, shared with the CUDA kernel:
+// float32 and float64 computed natively (sums in double, in a fixed order), float16 and
+// bfloat16 in float32 with the outputs rounded to the input dtype (v first, then
+// wb = sign(v_rounded) * scale, so wb and v always agree in sign).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -15,7 +16,7 @@
 #include <cstdint>
 #include <tuple>
 
-#include "core/pow2.h"
+#include "core/libra_pb.h"
 #include "ede_cpu.h"
 
 namespace irnet {
@@ -27,66 +28,25 @@ bool is_reduced(at::ScalarType st) { return st == at::kHalf || st == at::kBFloat
 int64_t channel_grain(int64_t n) { return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(n, 1)); }
 
 // ---------------------------------------------------------------------------------
-// Libra-PB forward of one channel x[0..n):
-//   mu    = mean(x)                      (shifted sum: mu = x0 + sum(x - x0) / n, in double,
-//                                        so a constant channel gives mu == x0 exactly)
-//   c_i   = x_i - mu                     (in scalar_t, with mu rounded to scalar_t, as the
-//                                        reference's (w - w.mean()) does)
-//   sigma = sqrt(sum c_i^2 / (n - 1))    (unbiased; sum in double, rounded to scalar_t)
-//   v_i   = c_i / sigma                  (a true division, as the reference: the same
-//                                        rounding, and sign(v) = sign(c) exactly)
-//   s     = 2^round(log2(mean|v|))       (log2 and round-half-even in scalar_t, as
-//                                        torch.log2/torch.round; s = 0 if mean|v| == 0)
-//   wb_i  = (v_i < 0 ? -1 : +1) * s
-// n == 1 or sigma == 0: v = 0, inv_sigma = 0, s = 0, wb = 0.
-// The sum of sweep 1 is finite iff every weight is (NaN and Inf propagate; the
-// double sum of float weights cannot overflow); only when it is not does sweep 1b look
-// for the offender, so the NaN/Inf check costs nothing on good weights.
+// Libra-PB forward of one channel: the rule of csrc/core/libra_pb.h (shared with the CUDA
+// kernel, which gives the same bits), run with every lane on this thread.  A channel the
+// rule reports as non-finite raises here, naming the offending weight.
 template <typename scalar_t>
 void libra_pb_channel(const scalar_t* x, scalar_t* wb, scalar_t* v, int64_t n, int64_t o, scalar_t* inv_sigma_o,
                       scalar_t* scale_o) {
-  const double x0 = static_cast<double>(x[0]);
-  double shifted = 0.0;
-  for (int64_t i = 0; i < n; ++i) shifted += static_cast<double>(x[i]) - x0;
-  double mu_d = x0 + shifted / static_cast<double>(n);
-  if (!std::isfinite(mu_d)) {
+  namespace lp = ::irnet::core::libra_pb;
+  const lp::ChannelResult<scalar_t> r = lp::standardize_channel<scalar_t>(x, wb, v, n, lp::SerialLanes{});
+  if (r.status == lp::ChannelStatus::kNonFinite) {
     for (int64_t i = 0; i < n; ++i)
       TORCH_CHECK(std::isfinite(static_cast<double>(x[i])), "irnet::libra_pb: weight channel ", o,
                   " contains NaN or Inf (element ", i, " is ", static_cast<double>(x[i]),
                   "); expected finite weights");
-    // All finite but the shifted sum overflowed (float64 weights near the range limit).
-    mu_d = 0.0;
-    for (int64_t i = 0; i < n; ++i) mu_d += static_cast<double>(x[i]) / static_cast<double>(n);
+    TORCH_CHECK(false, "irnet::libra_pb: weight channel ", o, " cannot be standardized: its values are finite but ",
+                "so close to the largest ", c10::CppTypeToScalarType<scalar_t>::value,
+                " that their mean or their distance to it overflows; expected weights well inside the range");
   }
-  const scalar_t mu = static_cast<scalar_t>(mu_d);
-
-  double ss = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double c = static_cast<double>(x[i] - mu);
-    ss += c * c;
-  }
-  const scalar_t sigma = n > 1 ? static_cast<scalar_t>(std::sqrt(ss / static_cast<double>(n - 1))) : scalar_t(0);
-  if (!(sigma > scalar_t(0))) {
-    for (int64_t i = 0; i < n; ++i) {
-      v[i] = scalar_t(0);
-      wb[i] = scalar_t(0);
-    }
-    *inv_sigma_o = scalar_t(0);
-    *scale_o = scalar_t(0);
-    return;
-  }
-  *inv_sigma_o = scalar_t(1) / sigma;
-
-  double sum_abs = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    const scalar_t vi = (x[i] - mu) / sigma;
-    v[i] = vi;
-    sum_abs += std::abs(static_cast<double>(vi));
-  }
-  const scalar_t mean_abs = static_cast<scalar_t>(sum_abs / static_cast<double>(n));
-  const scalar_t s = ::irnet::core::pow2_round(mean_abs);  // the one definition the CUDA kernel shares
-  *scale_o = s;
-  for (int64_t i = 0; i < n; ++i) wb[i] = v[i] < scalar_t(0) ? -s : s;
+  *inv_sigma_o = r.inv_sigma;
+  *scale_o = r.scale;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> libra_pb_cpu(const at::Tensor& w_in, const at::Tensor& k,
@@ -96,25 +56,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> libra_pb_cpu(const at
   TORCH_CHECK(w_in.dim() >= 2, "irnet::libra_pb: expected a weight of rank >= 2 (C_out, ...), got shape ",
               w_in.sizes());
   check_float_dtype("libra_pb", "w", w_in);
-  if (is_reduced(w_in.scalar_type())) {
-    auto [wb, v, inv_sigma, scale] = libra_pb_cpu(w_in.to(at::kFloat), k, t);
-    const at::Tensor v_r = v.to(w_in.scalar_type());
-    const at::Tensor s_r = scale.to(w_in.scalar_type());
-    std::vector<int64_t> bshape(w_in.dim(), 1);
-    bshape[0] = w_in.size(0);
-    const at::Tensor s_b = s_r.view(bshape);
-    at::Tensor wb_r = at::where(v_r.lt(0), -s_b, s_b).contiguous();
-    return {wb_r, v_r, inv_sigma.to(w_in.scalar_type()), s_r};
-  }
   const at::Tensor w = w_in.contiguous();
   const int64_t O = w.size(0);
   const int64_t n = O > 0 ? w.numel() / O : 0;
   at::Tensor wb = at::empty_like(w, at::MemoryFormat::Contiguous);
   at::Tensor v = at::empty_like(w, at::MemoryFormat::Contiguous);
-  at::Tensor inv_sigma = at::zeros({O}, w.options());
-  at::Tensor scale = at::zeros({O}, w.options());
-  if (n == 0) return {wb, v, inv_sigma, scale};
-  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "irnet::libra_pb", [&] {
+  at::Tensor inv_sigma = at::empty({O}, w.options());
+  at::Tensor scale = at::empty({O}, w.options());
+  // float16 / bfloat16 weights run the same rule with float32 arithmetic inside
+  // (core/libra_pb.h: compute_t), their outputs rounded once.
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "irnet::libra_pb", [&] {
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
     scalar_t* wbp = wb.mutable_data_ptr<scalar_t>();
     scalar_t* vp = v.mutable_data_ptr<scalar_t>();

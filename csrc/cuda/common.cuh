@@ -1,5 +1,5 @@
 // Shared helpers of irnet's CUDA kernels (csrc/cuda/*.cu): argument checks with
-// clear messages, launch sizing, the sign predicate, and a block reduction.
+// clear messages, launch sizing and the sign predicate.
 //
 // STATUS: compiled for sm_80 / sm_90 and statically checked (ptxas register/spill
 // report, cuobjdump SASS) on a machine with no GPU.  None of this code has ever run on
@@ -98,26 +98,6 @@ template <typename scalar_t>
 __device__ __forceinline__ bool sign_bit(scalar_t v) {
   using opmath_t = at::opmath_type<scalar_t>;
   return irnet::core::is_negative(static_cast<opmath_t>(v));
-}
-
-// Sum of `v` over the block (blockDim.x a multiple of 32, at most 1024), returned to
-// every thread.  `smem` holds 32 doubles.  Deterministic: the order of the additions
-// depends only on the thread layout.  Must be reached by every thread of the block.
-__device__ __forceinline__ double block_sum(double v, double* smem) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(kFullMask, v, off);
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  const int nwarps = blockDim.x >> 5;
-  __syncthreads();  // smem may still be read by a previous call
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    double r = lane < nwarps ? smem[lane] : 0.0;
-    for (int off = 16; off > 0; off >>= 1) r += __shfl_down_sync(kFullMask, r, off);
-    if (lane == 0) smem[0] = r;
-  }
-  __syncthreads();
-  return smem[0];
 }
 
 // ---------------------------------------------------------------- cross-file entry points
