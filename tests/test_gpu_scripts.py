@@ -184,3 +184,53 @@ def test_bench_cuda_conv_reports_a_wrong_training_op(tmp_path, capsys, monkeypat
     assert [r["ok"] for r in rows] == [True, False, True, False]  # libra_pb, sign_ede per stage
     assert all(r["checks"]["fused"]["forward_mismatches_away_from_zero"] > 0 for r in rows if r["op"] == "sign_ede")
     assert "check failed" in capsys.readouterr().out
+
+
+def test_bench_conv_layer_times_every_algorithm_and_restores_the_setting():
+    """The path a GPU run takes when the build offers CUDA conv algorithms, driven on the CPU
+    kernels through a stand-in of the algorithm control."""
+    import argparse
+    import types
+
+    import bench_cuda_conv
+    import torch.nn.functional as F
+
+    from irnet import ops
+    from irnet import reference as ref
+
+    state, log = {"algo": "auto"}, []
+    fake_ops = types.SimpleNamespace(libra_pb_pack=ops.libra_pb_pack, pack_bits=ops.pack_bits,
+                                     xnor_conv2d=ops.xnor_conv2d, cuda_conv_algorithm=lambda: state["algo"],
+                                     set_cuda_conv_algorithm=lambda a: (log.append(a), state.update(algo=a)))
+    args = argparse.Namespace(rotate=2, calls=2, repeats=1, no_graphs=True)
+    row = bench_cuda_conv.bench_conv_layer(torch, F, fake_ops, ref, torch.device("cpu"), 16, 6, 2,
+                                           ["auto", "popc", "mma"], args)
+    assert row["exact"] == {k: True for k in ("irnet_auto", "irnet_popc", "irnet_mma", "irnet_fp16in", "int8_gemm")}
+    assert {"irnet_auto", "irnet_popc", "irnet_mma", "irnet_fp16in", "pack_fp16", "int8_gemm"} <= set(row["ms"])
+    assert {"popc", "mma"} <= set(log) and state["algo"] == "auto"  # each forced, the setting restored
+    assert row["ratios"]["int8_gemm/irnet_mma"] == row["ms"]["int8_gemm"] / row["ms"]["irnet_mma"]
+
+
+def test_bench_targets_pass_fail_and_not_measured():
+    import bench_cuda_conv
+
+    def conv_row(c, hw, fp16, mma):
+        return dict(channels=c, hw=hw, batch=256, ms={"cudnn_fp16": fp16, "irnet_mma": mma}, exact={})
+
+    def ops_rows(fused, compiled):
+        return [dict(op="sign_ede", shape=[1], ok=True, ms={"fused": fused, "compiled": compiled})] * 8
+
+    res = bench_cuda_conv.Results(None, dict(conv_algorithms=["auto", "popc", "mma"]))
+    res.data["conv"] = [conv_row(256, 14, 4.2, 1.0), conv_row(512, 7, 4.0, 0.9)]
+    res.data["train_ops"] = ops_rows(1.0, 1.6)
+    conv, train = bench_cuda_conv.evaluate_targets(res, plumbing=False)
+    assert conv["status"] == "PASS" and train["status"] == "PASS" and train["measured"] == pytest.approx(1.6)
+    res.data["conv"][1]["ms"]["irnet_mma"] = 1.1  # 3.6x on 512@7
+    res.data["train_ops"] = ops_rows(1.0, 1.4)
+    conv, train = bench_cuda_conv.evaluate_targets(res, plumbing=False)
+    assert conv["status"] == "FAIL" and conv["measured"]["512@7"] == pytest.approx(4.0 / 1.1)
+    assert train["status"] == "FAIL"
+    res.data["meta"]["conv_algorithms"] = ["auto", "popc"]  # a build without the tensor-core path
+    res.data["train_ops"] = res.data["train_ops"][:5]
+    conv, train = bench_cuda_conv.evaluate_targets(res, plumbing=False)
+    assert conv["status"] == train["status"] == "NOT MEASURED"
