@@ -29,7 +29,8 @@
 # is run).  Options: --budget S, --only a,b, --skip a,b, --no-gpu-ok (testing aid: run the
 # steps without a GPU, to check this script; every GPU step then fails or skips), -h.
 # Environment: PYTHON (the interpreter), GPU_CHECK_ARCH (TORCH_CUDA_ARCH_LIST), MAX_JOBS,
-# GPU_CHECK_CAP_<STEP>=S (a step's own timeout, e.g. GPU_CHECK_CAP_BUILD=600).
+# GPU_CHECK_CAP_<STEP>=S (a step's own timeout, e.g. GPU_CHECK_CAP_BUILD=600),
+# GPU_CHECK_TRAIN_ARGS (more flags for the two training runs, e.g. "--train-limit 2048").
 # (the step functions below run in child shells, by name: shellcheck cannot see the calls)
 # shellcheck disable=SC2317
 set -u -o pipefail
@@ -48,7 +49,7 @@ while [ $# -gt 0 ]; do
     --only) ONLY=$2; shift 2 ;;
     --skip) SKIP=$2; shift 2 ;;
     --no-gpu-ok) NO_GPU_OK=1; shift ;;
-    -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; echo "steps: $STEPS"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; echo "steps: $STEPS"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (see --help)"; exit 2 ;;
   esac
 done
@@ -278,7 +279,11 @@ run_train() {  # $1 = tag, then extra flags
   local tag=$1 rc out=$SCRATCH/train_$1.out
   shift
   local extra=("$@")
-  if ! have_module tqdm; then note "tqdm is not installed (irnet.train needs it)"; return 1; fi
+  # GPU_CHECK_TRAIN_ARGS: more flags for both runs (e.g. "--train-limit 2048"; later flags win)
+  local more=()
+  read -r -a more <<< "${GPU_CHECK_TRAIN_ARGS:-}"
+  extra+=("${more[@]}")
+  have_module tqdm || note "tqdm is not installed (irnet.train may need it)"
   have_module matplotlib || { extra+=(--no-plots); note "no matplotlib: --no-plots"; }
   echo "$PY -m irnet.train --preset demo --device cuda --epochs 1 --no-progress ${extra[*]}"
   "$PY" -m irnet.train --preset demo --device cuda --epochs 1 --no-progress --out "$SCRATCH/run_$tag" "${extra[@]}" \
@@ -286,7 +291,7 @@ run_train() {  # $1 = tag, then extra flags
   rc=${PIPESTATUS[0]}
   local epoch packed ops
   epoch=$(grep -o 'epoch 1/1: .*' "$out" | tail -n 1 | sed 's/train loss [^|]*| //')
-  packed=$(grep -o 'packed model (irnet.deploy.convert): [0-9]*/[0-9]* test predictions identical to the float model -> [A-Za-z]*' "$out" | tail -n 1)
+  packed=$(grep -o 'packed model (irnet.deploy.convert): [0-9]*/[0-9]* test predictions identical to the float model -> [A-Za-z ]*' "$out" | tail -n 1)
   ops=$(grep -o '^ops: [a-z]*' "$out" | tail -n 1)
   note "${epoch:-no epoch finished}"
   note "${packed:+packed ${packed#*: }}${packed:-no packed-model check printed}; ${ops:-no ops line}"

@@ -23,6 +23,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+def irnet_extension_loaded() -> bool:
+    import irnet
+
+    return irnet._ext.LOADED
+
+
 needs_bash = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
                                 reason="gpu_check.sh needs bash and coreutils' timeout")
 
@@ -234,3 +240,18 @@ def test_bench_targets_pass_fail_and_not_measured():
     res.data["train_ops"] = res.data["train_ops"][:5]
     conv, train = bench_cuda_conv.evaluate_targets(res, plumbing=False)
     assert conv["status"] == train["status"] == "NOT MEASURED"
+
+
+@needs_bash
+@pytest.mark.skipif(not irnet_extension_loaded(), reason="the train step's check wants the compiled training ops")
+def test_gpu_check_train_step_reads_the_training_log(tmp_path):
+    """The train step's checks (epoch line, packed-model check, 'ops: fused') against the real
+    output of irnet.train, on the CPU: a tiny run through GPU_CHECK_TRAIN_ARGS (the slowest
+    test here, ~10-25 s: a real training run, so that a change of the log's wording shows)."""
+    res = _gpu_check(tmp_path, "--no-gpu-ok", "--only", "train",
+                     env_extra={"GPU_CHECK_TRAIN_ARGS": "--device cpu --train-limit 64 --test-limit 64"}, timeout=300)
+    step = _steps(tmp_path)["train"]
+    assert step["status"] == "PASS", (step, res.stdout[-3000:])
+    assert "epoch 1/1: test loss" in step["note"]
+    assert "packed 64/64 test predictions identical to the float model -> the same" in step["note"]
+    assert "ops: fused" in step["note"] and res.returncode == 0
