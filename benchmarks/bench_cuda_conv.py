@@ -77,6 +77,8 @@ PLUMBING_LAYERS = [(16, 8), (64, 4)]
 PLUMBING_STAGES = [(16, 8), (32, 4)]
 CONV_TARGET = 4.0          # irnet_mma vs cudnn_fp16, batch 256, 256/512 channels
 TRAIN_OPS_TARGET = 1.5     # fused vs torch.compile(reference), fwd + bwd
+CONV_TARGET_NAME = f"mma conv >= {CONV_TARGET}x cuDNN fp16 at b256, 256/512 ch"
+TRAIN_OPS_TARGET_NAME = f"fused training ops >= {TRAIN_OPS_TARGET}x torch.compile(reference)"
 BANNER_PLUMBING = "CPU PLUMBING RUN: NOT GPU FIGURES (the script's own check on a machine without a GPU)"
 
 
@@ -485,7 +487,7 @@ def evaluate_targets(results, plumbing):
     algos = data["meta"].get("conv_algorithms", [])
     big = [r for r in data["conv"] if r["batch"] == 256 and r["channels"] in (256, 512)]
     if "mma" not in algos:
-        targets.append(dict(name=f"tensor-core conv >= {CONV_TARGET}x cuDNN fp16 (batch 256, 256/512 ch)",
+        targets.append(dict(name=CONV_TARGET_NAME,
                             measured=None, status="NOT MEASURED",
                             why="no 'mma' CUDA conv algorithm in this build (irnet.ops.cuda_conv_algorithms(): "
                                 f"{algos})"))
@@ -494,7 +496,7 @@ def evaluate_targets(results, plumbing):
                   for r in big if "irnet_mma" in r["ms"] and "cudnn_fp16" in r["ms"]}
         status = ("NOT MEASURED" if len(ratios) < 2 else
                   "PASS" if all(v >= CONV_TARGET for v in ratios.values()) else "FAIL")
-        targets.append(dict(name=f"tensor-core conv >= {CONV_TARGET}x cuDNN fp16 (batch 256, 256/512 ch)",
+        targets.append(dict(name=CONV_TARGET_NAME,
                             measured=ratios, status=status,
                             why="" if len(ratios) == 2 else "a layer was not timed (not exact, error or out of time)"))
     totals = {}
@@ -504,12 +506,12 @@ def evaluate_targets(results, plumbing):
                 totals[key] = totals.get(key, 0.0) + r["ms"][key]
     n_ops = sum(1 for r in data["train_ops"] if {"fused", "compiled"} <= set(r["ms"]))
     if n_ops < 8:
-        targets.append(dict(name=f"fused training ops >= {TRAIN_OPS_TARGET}x torch.compile(reference)",
+        targets.append(dict(name=TRAIN_OPS_TARGET_NAME,
                             measured=totals and totals["compiled"] / totals["fused"], status="NOT MEASURED",
                             why=f"{n_ops} of 8 op/shape rows have both fused and compiled times"))
     else:
         ratio = totals["compiled"] / totals["fused"]
-        targets.append(dict(name=f"fused training ops >= {TRAIN_OPS_TARGET}x torch.compile(reference)",
+        targets.append(dict(name=TRAIN_OPS_TARGET_NAME,
                             measured=ratio, status="PASS" if ratio >= TRAIN_OPS_TARGET else "FAIL", why=""))
     if plumbing:
         for tg in targets:
@@ -705,12 +707,11 @@ def main(argv=None):
             measured = f"{measured:.2f}x"
         elif measured is None:
             measured = "-"
-        print(f"TARGET {tg['status']:<12} {tg['name']}: measured {measured}" + (f" ({tg['why']})" if tg["why"] else ""))
+        print(f"TARGET {tg['status']}: {tg['name']}: measured {measured}" + (f" ({tg['why']})" if tg["why"] else ""))
     problems = bad_exact + irnet_errors + bad_ops + data["errors"]
     print(f"bench_cuda_conv: {'OK' if not problems else 'PROBLEMS'}: {len(bad_exact)} conv paths not bit-exact, "
-          f"{len(irnet_errors)} irnet conv paths raising, "
-          f"{len(bad_ops)} training-op rows failing their checks, {len(data['errors'])} errors, "
-          f"{len(data['skipped'])} items skipped" + (" (CPU plumbing run)" if plumbing else ""))
+          f"{len(irnet_errors)} raising; {len(bad_ops)} training-op rows failing; {len(data['errors'])} errors; "
+          f"{len(data['skipped'])} skipped" + (" (CPU plumbing run)" if plumbing else ""))
     return 0 if not problems else 1
 
 

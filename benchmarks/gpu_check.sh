@@ -30,7 +30,8 @@
 # steps without a GPU, to check this script; every GPU step then fails or skips), -h.
 # Environment: PYTHON (the interpreter), GPU_CHECK_ARCH (TORCH_CUDA_ARCH_LIST), MAX_JOBS,
 # GPU_CHECK_CAP_<STEP>=S (a step's own timeout, e.g. GPU_CHECK_CAP_BUILD=600),
-# GPU_CHECK_TRAIN_ARGS (more flags for the two training runs, e.g. "--train-limit 2048").
+# GPU_CHECK_TRAIN_ARGS (more flags for the two training runs, e.g. "--train-limit 2048"),
+# GPU_CHECK_BENCH_ARGS (more flags for the benchmark, e.g. "--no-compile").
 # (the step functions below run in child shells, by name: shellcheck cannot see the calls)
 # shellcheck disable=SC2317
 set -u -o pipefail
@@ -49,7 +50,7 @@ while [ $# -gt 0 ]; do
     --only) ONLY=$2; shift 2 ;;
     --skip) SKIP=$2; shift 2 ;;
     --no-gpu-ok) NO_GPU_OK=1; shift ;;
-    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; echo "steps: $STEPS"; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; echo "steps: $STEPS"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (see --help)"; exit 2 ;;
   esac
 done
@@ -305,11 +306,14 @@ step_train_amp() { run_train amp --amp; }
 step_bench() {
   local out=$SCRATCH/bench.out rc budget=$((STEP_TIMEOUT - 25))
   [ "$budget" -ge 30 ] || budget=30
+  # GPU_CHECK_BENCH_ARGS: more flags for the benchmark (e.g. "--no-compile"; later flags win)
+  local more=()
+  read -r -a more <<< "${GPU_CHECK_BENCH_ARGS:-}"
   "$PY" benchmarks/bench_cuda_conv.py --json "$LOGDIR/bench_cuda_conv.json" --png "$LOGDIR/bench_cuda_conv.png" \
-    --budget-s "$budget" 2>&1 | tee "$out"
+    --budget-s "$budget" "${more[@]}" 2>&1 | tee "$out"
   rc=${PIPESTATUS[0]}
   local line
-  while IFS= read -r line; do note "$line"; done < <(grep -E '^TARGET ' "$out" | sed -E 's/^TARGET +//; s/ \(.*//' | cut -c1-160)
+  while IFS= read -r line; do note "$line"; done < <(grep -E '^TARGET ' "$out" | sed -E 's/^TARGET //' | cut -c1-150)
   grep -E '^bench_cuda_conv: (OK|PROBLEMS)' "$out" | tail -n 1 | while IFS= read -r line; do note "$line"; done
   [ -s "$STEP_NOTE" ] || note "$(tail -n 1 "$out" | cut -c1-200)"
   return "$rc"
@@ -328,7 +332,7 @@ selected() {
 
 record() {  # name status seconds timeout note
   local clean
-  clean=$(printf '%s' "$5" | tr '\t\n' '  ' | cut -c1-400)
+  clean=$(printf '%s' "$5" | tr '\t\n' '  ' | cut -c1-700)
   printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$clean" >> "$SCRATCH/steps.tsv"
 }
 
@@ -410,7 +414,7 @@ echo "==================== gpu_check summary: $GPU_NAME (sm $GPU_CAP), torch $TO
 printf '%-10s %-6s %6s  %s\n' step status time note
 while IFS=$'\t' read -r name status secs limit notes; do
   case $status in PASS) n_pass=$((n_pass + 1)) ;; FAIL) n_fail=$((n_fail + 1)) ;; SKIP) n_skip=$((n_skip + 1)) ;; esac
-  printf '%-10s %-6s %5ss  %s\n' "$name" "$status" "$secs" "$(printf '%s' "$notes" | cut -c1-300)"
+  printf '%-10s %-6s %5ss  %s\n' "$name" "$status" "$secs" "$(printf '%s' "$notes" | cut -c1-450)"
 done < "$SCRATCH/steps.tsv"
 echo "total ${TOTAL} s (budget ${BUDGET_S} s); full logs: $LOG; summary: $SUMMARY_JSON"
 if [ "$n_fail" -gt 0 ]; then rc=1; elif [ "$n_skip" -gt 0 ]; then rc=3; else rc=0; fi

@@ -255,3 +255,19 @@ def test_gpu_check_train_step_reads_the_training_log(tmp_path):
     assert "epoch 1/1: test loss" in step["note"]
     assert "packed 64/64 test predictions identical to the float model -> the same" in step["note"]
     assert "ops: fused" in step["note"] and res.returncode == 0
+
+
+@needs_bash
+def test_gpu_check_bench_step_reads_the_benchmark_output(tmp_path):
+    """The bench step's notes (targets, the OK line) and tables from the benchmark's real
+    output, in its CPU plumbing mode through GPU_CHECK_BENCH_ARGS."""
+    args = "--plumbing-cpu --no-compile --sections conv train_ops --calls 1 --repeats 1 --rotate 1"
+    res = _gpu_check(tmp_path, "--no-gpu-ok", "--only", "bench", env_extra={"GPU_CHECK_BENCH_ARGS": args})
+    step = _steps(tmp_path)["bench"]
+    assert step["status"] == "PASS", (step, res.stdout[-3000:])
+    assert "n/a (CPU plumbing run): mma conv >= 4.0x cuDNN fp16 at b256, 256/512 ch: measured" in step["note"]
+    assert "n/a (CPU plumbing run): fused training ops >= 1.5x torch.compile(reference)" in step["note"]
+    assert "bench_cuda_conv: OK: 0 conv paths not bit-exact" in step["note"]
+    assert "---- benchmark tables" in res.stdout and "16@8 b2" in res.stdout
+    data = json.loads((tmp_path / "out" / "bench_cuda_conv.json").read_text())
+    assert data["meta"]["plumbing_cpu"] is True
