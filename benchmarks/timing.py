@@ -6,18 +6,10 @@ import statistics
 import time
 
 
-def time_round_robin(fns: dict, repeats: int, warmup: int = 2, before: dict | None = None):
-    """Times every callable of ``fns`` ``repeats`` times, one of each per round, after
-    ``warmup`` untimed calls each, so that load from other processes hits all alike.
-    Each round runs the methods in a fresh random order (seeded: the same orders every run),
-    so that no method always runs right after the same one: what ran just before changes a
-    call's time (right after float32's big output is freed, the next large allocation comes
-    back as fresh pages from the C allocator; right after a 2 ms float32 conv, a 0.3 ms
-    binary conv finds its caches cold: +0.05-0.1 ms on the 64@56 batch-1 layer here).  A
-    rotation of one fixed order is not enough: it keeps every method's predecessor.  Returns
-    (medians, minima) in seconds, keyed like ``fns``; the minimum is the least disturbed
-    repeat.  ``before[k]``, if given, runs untimed before every call of ``fns[k]`` (e.g. a
-    kernel setting)."""
+def _round_robin(fns: dict, repeats: int, warmup: int, before: dict | None, measure):
+    """The shared loop: ``warmup`` untimed calls of each method, then ``repeats`` rounds,
+    each in a fresh seeded random order, ``before[k]`` untimed right before each sample of
+    method k; ``measure(fn)`` runs and times one sample.  Returns {method: [samples]}."""
     before = before or {}
     nothing = lambda: None  # noqa: E731
     for k, fn in fns.items():
@@ -31,7 +23,58 @@ def time_round_robin(fns: dict, repeats: int, warmup: int = 2, before: dict | No
         order.shuffle(names)
         for k in names:
             before.get(k, nothing)()
-            t0 = time.perf_counter()
-            fns[k]()
-            samples[k].append(time.perf_counter() - t0)
+            samples[k].append(measure(fns[k]))
+    return samples
+
+
+def time_round_robin(fns: dict, repeats: int, warmup: int = 2, before: dict | None = None):
+    """Times every callable of ``fns`` ``repeats`` times, one of each per round, after
+    ``warmup`` untimed calls each, so that load from other processes hits all alike.
+    Each round runs the methods in a fresh random order (seeded: the same orders every run),
+    so that no method always runs right after the same one: what ran just before changes a
+    call's time (right after float32's big output is freed, the next large allocation comes
+    back as fresh pages from the C allocator; right after a 2 ms float32 conv, a 0.3 ms
+    binary conv finds its caches cold: +0.05-0.1 ms on the 64@56 batch-1 layer here).  A
+    rotation of one fixed order is not enough: it keeps every method's predecessor.  Returns
+    (medians, minima) in seconds, keyed like ``fns``; the minimum is the least disturbed
+    repeat.  ``before[k]``, if given, runs untimed before every call of ``fns[k]`` (e.g. a
+    kernel setting)."""
+    def measure(fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    samples = _round_robin(fns, repeats, warmup, before, measure)
+    return {k: statistics.median(v) for k, v in samples.items()}, {k: min(v) for k, v in samples.items()}
+
+
+def time_round_robin_device(fns: dict, repeats: int, iters: int, warmup: int = 2, before: dict | None = None,
+                            device: str = "cuda"):
+    """Like :func:`time_round_robin`, for device work: one sample of a method is ``iters``
+    back-to-back calls, timed with CUDA events recorded on the current stream around them
+    (device time, not launch time; the host waits for the end event before the next sample),
+    divided by ``iters``.  ``device="cpu"`` times the same loop with the host clock (for
+    checking a GPU script's plumbing on a machine without a GPU: such numbers are CPU
+    numbers).  Returns (medians, minima) in milliseconds per call."""
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
+
+    def measure(fn):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(iters):
+                fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / iters
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        return (time.perf_counter() - t0) * 1e3 / iters
+
+    if cuda:
+        torch.cuda.synchronize()
+    samples = _round_robin(fns, repeats, warmup, before, measure)
     return {k: statistics.median(v) for k, v in samples.items()}, {k: min(v) for k, v in samples.items()}
