@@ -164,8 +164,10 @@ def main(argv=None, allow_reexec: bool = False) -> int:
         env = dict(os.environ, IRNET_DISABLE_EXTENSION="1")
         sys.stdout.flush()
         os.execve(sys.executable, [sys.executable, "-m", "irnet.train", *argv], env)
+    finished = False
     try:
         train(args)
+        finished = True
     except NonFiniteLoss as exc:
         print(f"irnet.train: stopped: {exc}", file=sys.stderr, flush=True)
         return EXIT_NONFINITE
@@ -173,5 +175,5 @@ def main(argv=None, allow_reexec: bool = False) -> int:
         print(f"irnet.train: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_ERROR
     finally:
-        teardown_distributed()
+        teardown_distributed(finished)
     return 0

@@ -59,9 +59,15 @@ def setup_distributed(device_arg: str) -> Dist:
     return d
 
 
-def teardown_distributed() -> None:
+def teardown_distributed(finished: bool = False) -> None:
+    """Ends the process group.  ``finished``: the run completed on this rank, so wait for the
+    others first (a rank that tore gloo down while another was still in its last collective
+    made that one abort with "terminate called without an active exception", seen once on a
+    loaded machine)."""
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
