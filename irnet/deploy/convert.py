@@ -68,6 +68,7 @@ def convert(model: nn.Module, fuse: bool = False) -> nn.Module:
     replace(packed)
     if fuse:
         fuse_blocks(packed)
+    packed.irnet_convert_options = {"fuse": bool(fuse)}  # irnet.deploy.load calls convert with these again
     return packed
 
 
