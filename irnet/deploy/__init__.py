@@ -32,6 +32,8 @@ from .convert import convert, model_bytes, packed_layers
 from .io import PackedModelError, load, read_metadata, save
 from .layers import FusedBasicBlock, FusedPackedConv2d, PackedConv2d, PackedLinear
 from .runtime import layer_by_layer
+from .summary import ModelSummary, summary
 
 __all__ = ["convert", "PackedConv2d", "PackedLinear", "FusedPackedConv2d", "FusedBasicBlock", "packed_layers",
-           "model_bytes", "layer_by_layer", "save", "load", "read_metadata", "PackedModelError"]
+           "model_bytes", "layer_by_layer", "save", "load", "read_metadata", "PackedModelError", "summary",
+           "ModelSummary"]
