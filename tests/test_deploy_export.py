@@ -1,6 +1,6 @@
 """Export targets of packed models: torch.export (export, save, load -- in this process and
-in a fresh one that only imports irnet) and TorchScript tracing, each giving the eager
-packed model's logits bit for bit."""
+in a fresh one that only imports irnet) and TorchScript tracing (inside layer_by_layer()),
+each giving the eager packed model's logits bit for bit."""
 from __future__ import annotations
 
 import os
@@ -60,10 +60,12 @@ def test_exported_program_loads_in_a_fresh_process_after_import_irnet(models, tm
 
 
 def test_torchscript_trace_save_load(models, tmp_path):
+    """Traced inside layer_by_layer(): a whole-network plan (an opaque C++ call returning a
+    handle) cannot be traced, the modules' ops can."""
     packed = models["fused"]
     x = inputs((2, 3, 32, 32))
-    with torch.no_grad(), pytest.warns(torch.jit.TracerWarning):   # the layers' shape checks are traced as constants
-        traced = torch.jit.trace(packed, (x,))
+    with torch.no_grad(), irnet.deploy.layer_by_layer(), pytest.warns(torch.jit.TracerWarning):  # (shape checks
+        traced = torch.jit.trace(packed, (x,))                                                   # become constants)
     torch.jit.save(traced, tmp_path / "m.ts")
     loaded = torch.jit.load(tmp_path / "m.ts")
     with torch.no_grad():

@@ -103,12 +103,13 @@ def test_loaded_model_gives_the_saved_models_logits_bit_for_bit(tmp_path, name, 
     assert info["memory_format"] == ("channels_last" if channels_last else "contiguous")
 
 
-@pytest.mark.slow  # every zoo model, up to ResNet-34 (~5 s each on 2 busy cores)
+@pytest.mark.slow  # every zoo model, up to ResNet-34 (2-16 s each on 2 busy cores)
+@pytest.mark.parametrize("fuse", [False, True])
 @pytest.mark.parametrize("name", irnet.models.names())
-def test_every_zoo_model_round_trips(tmp_path, name):
+def test_every_zoo_model_round_trips(tmp_path, name, fuse):
     spec = irnet.models.spec(name)
     model = trained_like(name, num_classes=10)
-    packed = irnet.deploy.convert(model)
+    packed = irnet.deploy.convert(model, fuse=fuse)
     path = tmp_path / "m.safetensors"
     irnet.deploy.save(packed, path)
     loaded = irnet.deploy.load(path)

@@ -2,7 +2,7 @@
 file of irnet.deploy.save (unfused and fused), and the bytes the binary weights take in it.
 
     python tools/model_sizes.py            # a Markdown table, as in the README
-    python tools/model_sizes.py --check    # also fail unless every binary weight takes 1 bit
+    python tools/model_sizes.py --check    # also fail unless every binary weight takes 1 bit (both files)
 
 Sizes depend only on the architecture (not on the weights' values, not on the machine):
 the models are freshly initialised (seed 0), with each zoo entry's default classes.
@@ -59,20 +59,21 @@ def measure(name: str, folder: str) -> dict:
         packed = irnet.deploy.convert(model, fuse=fuse)
         path = os.path.join(folder, f"{name}-{fuse}.safetensors")
         irnet.deploy.save(packed, path)
-        row["fused" if fuse else "packed"] = os.path.getsize(path)
-        if not fuse:
-            weights = binary_weight_tensors(packed)
-            sizes = stored_bytes(path)
-            row["binary_weights"] = sum(weights.values())
-            row["binary_in_file"] = sum(sizes[k] for k in weights)
-            row["binary_bound"] = sum((n + 7) // 8 for n in weights.values())   # one bit each, bytes rounded up
+        kind = "fused" if fuse else "packed"
+        row[kind] = os.path.getsize(path)
+        weights = binary_weight_tensors(packed)
+        sizes = stored_bytes(path)
+        row[kind + "_binary_weights"] = sum(weights.values())
+        row[kind + "_binary_in_file"] = sum(sizes[k] for k in weights)
+        row[kind + "_one_bit_each"] = sum((n + 7) // 8 for n in weights.values())   # bytes rounded up per tensor
     return row
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="*", default=irnet.models.names())
-    p.add_argument("--check", action="store_true", help="exit 1 unless the binary weights take one bit each")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 unless the binary weights take one bit each in every file (unfused and fused)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
@@ -83,11 +84,12 @@ def main(argv=None) -> int:
           "| binary weights: as float32 → in the file |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
-        w = r["binary_weights"]
+        w, in_file = r["packed_binary_weights"], r["packed_binary_in_file"]
         print(f"| {r['model']} | {r['params'] / 1e6:.2f} M | {r['float32']:,} B | {r['packed']:,} B | "
-              f"{r['float32'] / r['packed']:.1f}x | {r['fused']:,} B | {4 * w:,} B → {r['binary_in_file']:,} B "
-              f"(1/{4 * w / r['binary_in_file']:.1f}) |")
-    bad = [r["model"] for r in rows if r["binary_in_file"] != r["binary_bound"]]
+              f"{r['float32'] / r['packed']:.1f}x | {r['fused']:,} B | {4 * w:,} B → {in_file:,} B "
+              f"(1/{4 * w / in_file:.1f}) |")
+    bad = [f"{r['model']} ({kind})" for r in rows for kind in ("packed", "fused")
+           if r[kind + "_binary_in_file"] != r[kind + "_one_bit_each"] or r[kind + "_binary_weights"] == 0]
     if args.check and bad:
         print(f"binary weights take more than one bit in: {', '.join(bad)}", file=sys.stderr)
         return 1
