@@ -211,30 +211,29 @@ def summary(model: nn.Module, input_size, *, dtype: torch.dtype = torch.float32,
         device = first.device if first is not None else torch.device("cpu")
     x = torch.randn(tuple(input_size), generator=torch.Generator().manual_seed(0), dtype=dtype).to(device)
 
-    rows, by_module, handles = [], {}, []
+    rows, by_module, weight_shapes, handles = [], {}, {}, []
 
     def hook(module, args, output):
         row = by_module[module]
-        if row.calls == 0:
+        if row.calls == 0:   # rows in the order the layers first run
             out = _first_tensor(output)
             row.output_shape = tuple(out.shape) if out is not None else ()
             rows.append(row)
         row.calls += 1
-        macs = _macs(module, row_shapes[module], _first_tensor(args), _first_tensor(output))
+        macs = _macs(module, weight_shapes[module], _first_tensor(args), _first_tensor(output))
         if row.kind == "1w1a":
             row.binary_macs += macs
         else:
             row.float_macs += macs
 
-    row_shapes = {}
-    for name, module in model.named_modules():
+    for name, module in model.named_modules():   # (named_modules lists a shared module once)
         has_children = next(module.children(), None) is not None
         own = list(module.parameters(recurse=False)) + [b for b in module.buffers(recurse=False) if b is not None]
-        if has_children and not own or module in by_module:
+        if has_children and not own:   # a container: its layers have their own rows
             continue
         kind, weight_shape, params, binary = _classify(module)
         by_module[module] = LayerRow(name, type(module).__name__, kind, None, params, binary)
-        row_shapes[module] = weight_shape
+        weight_shapes[module] = weight_shape
         handles.append(module.register_forward_hook(hook))
 
     modes = {m: m.training for m in model.modules()}
