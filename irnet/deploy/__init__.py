@@ -21,10 +21,19 @@ and the BatchNorm, residual add and clamping activation after it run as one kern
 output instead of four.  The BatchNorm is folded into a per-channel ``alpha``, ``beta``,
 so the outputs equal the unfused model's to float rounding only (not bit for bit);
 predictions agree except where two logits are within rounding of each other.
+
+Shipping it: ``save(packed, "model.safetensors")`` writes one safetensors file (the binary
+weights at one bit each, no pickle); ``load(path)`` rebuilds the packed model from it alone
+(:mod:`irnet.deploy.io`); ``summary(model, input_size)`` tabulates each layer's kind, size
+and binary / float MACs (:mod:`irnet.deploy.summary`); ``python -m irnet.deploy CHECKPOINT
+OUT.safetensors`` does all of it for a training checkpoint.
 """
 from .convert import convert, model_bytes, packed_layers
+from .io import PackedModelError, load, read_metadata, save
 from .layers import FusedBasicBlock, FusedPackedConv2d, FusedPackedConvPool, PackedConv2d, PackedLinear
 from .runtime import PackedModel, layer_by_layer
+from .summary import ModelSummary, summary
 
 __all__ = ["convert", "PackedModel", "PackedConv2d", "PackedLinear", "FusedPackedConv2d", "FusedPackedConvPool",
-           "FusedBasicBlock", "packed_layers", "model_bytes", "layer_by_layer"]
+           "FusedBasicBlock", "packed_layers", "model_bytes", "layer_by_layer", "save", "load", "read_metadata",
+           "PackedModelError", "summary", "ModelSummary"]

@@ -68,11 +68,12 @@ def convert(model: nn.Module, fuse: bool = False) -> nn.Module:
         return _convert_layer(model.eval())
     packed = copy.deepcopy(model).eval()
     _replace_layers(packed)
-    if not fuse:
-        return packed
-    _fuse(packed)
-    packed.requires_grad_(False)
-    return PackedModel(packed)
+    if fuse:
+        _fuse(packed)
+        packed.requires_grad_(False)
+        packed = PackedModel(packed)
+    packed.irnet_convert_options = {"fuse": bool(fuse)}  # irnet.deploy.load calls convert with these again
+    return packed
 
 
 def _replace_layers(module: nn.Module) -> None:

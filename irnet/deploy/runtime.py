@@ -38,7 +38,8 @@ class PackedModel(nn.Module):
     computes.  On the CPU, for a float32 input that needs no gradient, the whole network
     runs as one C++ plan (:class:`irnet.deploy.plan.NetPlan`: no Python or dispatcher
     cost per layer), which gives the module tree's output bit for bit.  Everywhere else
-    (another device or dtype, autograd, ``torch.compile`` / ``torch.export`` tracing,
+    (another device or dtype, autograd, ``torch.compile`` / ``torch.export`` / ``torch.jit``
+    tracing,
     inside :func:`layer_by_layer`, while any of its modules has a forward hook, or a model
     with a part the planner does not know: ``plan_status()`` says why) it runs module by
     module.
@@ -78,7 +79,7 @@ class PackedModel(nn.Module):
     def forward(self, x):
         if (type(x) is torch.Tensor and x.dtype is torch.float32 and x.is_cpu and x.dim() == 4
                 and not (x.requires_grad and torch.is_grad_enabled()) and not getattr(_state, "depth", 0)
-                and not torch.compiler.is_compiling()):
+                and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):
             plan = self._current_plan()
             if plan is not None and not plan.hooked():
                 return plan.run(x)

@@ -76,5 +76,6 @@ def create(name: str, num_classes: int | None = None, **kw) -> nn.Module:
     if s.builder is cifar.vgg_small and ("structure" in kw):
         raise ValueError("VGG-Small has no residual structure; 'structure' does not apply")
     model = s.builder(num_classes=num_classes or s.num_classes, binary_act=s.binary_act, **options)
-    model.irnet_name = name
+    model.irnet_name = name                                           # what create() was asked for, so that
+    model.irnet_kwargs = {"num_classes": num_classes or s.num_classes, **options}   # a saved model can be rebuilt
     return model
