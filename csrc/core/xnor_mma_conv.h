@@ -99,6 +99,30 @@ IRNET_HD IRNET_INLINE int64_t grid_m(const GpuConvShape& g) { return (g.npix + k
 IRNET_HD IRNET_INLINE int64_t grid_n(const GpuConvShape& g) { return (g.O + kBN - 1) / kBN; }     // blockIdx.y
 IRNET_HD IRNET_INLINE int prefix_size(const GpuConvShape& g) { return (g.kh + 1) * (g.kw + 1); }
 
+// The `auto` choice of the CUDA conv algorithm (csrc/cuda/xnor.cu): this kernel rather than
+// the CUDA-core one (xnor_popc_conv.h) for a call of shape g on a GPU of compute capability
+// `major`.x, when
+//   * the GPU has 1-bit tensor cores: 8.x and 9.x.  (Older GPUs lack the instruction; for
+//     sm_100+ ptxas turns the b1 mma into an emulation with eight IMMA.16832.U8 per mma, as
+//     cuobjdump shows, which is no gain);
+//   * the call has at least 2^22 binary MACs (npix * O * C * kh * kw): below that either path
+//     takes a few microseconds and this path's extra prep launch dominates;
+//   * its tile padding is moderate: it computes ceil(npix/128)*128 pixels x ceil(O/64)*64
+//     channels x ceil(K/4)*256 bits, the CUDA-core path ceil(npix/128)*128 x ceil(O/16)*16 x
+//     K*64; the tensor cores retire ~32x the binary MACs per SM cycle of the CUDA cores
+//     (A100: 16384 vs ~512), so this path is taken while its padded work is below 8x the
+//     other's (a margin for its prep pass and epilogue).
+// A first guess from peak rates, to be replaced by measurements on a GPU.
+inline bool auto_prefers_mma(const GpuConvShape& g, int major) {
+  if (major != 8 && major != 9) return false;
+  const double macs = static_cast<double>(g.npix) * static_cast<double>(g.O) * g.channels * g.kh * g.kw;
+  if (macs < double(1 << 22)) return false;
+  const double npix_pad = static_cast<double>(grid_m(g) * kBM);
+  const double mma_work = npix_pad * static_cast<double>(padded_channels(g)) * (k_steps(g) * 256.0);
+  const double popc_work = npix_pad * static_cast<double>((g.O + 15) / 16 * 16) * (g.K * 64.0);
+  return mma_work < 8.0 * popc_work;
+}
+
 // Word k of row o of the prepared weights: w's word with the bits past C cleared; 0 in
 // the padding (k >= K or o >= O).
 IRNET_HD IRNET_INLINE uint64_t prepared_weight_word(const GpuConvShape& g, const uint64_t* w, int64_t o, int k) {
@@ -264,7 +288,9 @@ IRNET_KERNEL_BODY void conv_block(Exec& ex, Shared& sh, const Params& P, int64_t
         for (int s = rect.s0; s < rect.s1; ++s)
           xpop += ex.ldg(P.pixpop + hrow + q.wo * g.sw - g.pw + static_cast<int64_t>(s) * g.dw);
       }
-      base = (rect.r1 - rect.r0) * (rect.s1 - rect.s0) * g.channels - 2 * xpop;
+      // |ninf*C - 2*xpop| <= ninf*C < 2^31, but 2*xpop alone may not fit in int32
+      base = static_cast<int32_t>(static_cast<int64_t>(rect.r1 - rect.r0) * (rect.s1 - rect.s0) * g.channels -
+                                  2 * static_cast<int64_t>(xpop));
       out = output_base<kChannelsLast>(g, p, q);
     }
     sh.pix_base[tid] = base;

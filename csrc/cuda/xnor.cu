@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common.cuh"
+#include "core/xnor_mma_conv.h"
 #include "core/xnor_popc_conv.h"
 #include "device_exec.cuh"
 #include "xnor_conv.cuh"
@@ -56,19 +57,10 @@ void launch_popc_conv(const ConvCall& c, cudaStream_t stream) {
 
 // ---------------------------------------------------------------- algorithm choice
 // "popc" / "mma" force a kernel; "auto" (the default, or IRNET_CUDA_CONV=auto|popc|mma
-// when the library loads) picks per call:
-//   * mma only where the GPU has 1-bit tensor cores: compute capability 8.x and 9.x.
-//     (Older GPUs lack the instruction; for sm_100+ ptxas turns the b1 mma into an
-//     emulation with eight IMMA.16832.U8 per mma, as cuobjdump shows, which is no gain.)
-//   * and only for calls of at least 2^22 binary MACs (npix * O * C * kh * kw): below that
-//     either path takes a few microseconds and the mma path's extra prep launch dominates;
-//   * and only while its tile padding is moderate: it computes ceil(npix/128)*128 pixels x
-//     ceil(O/64)*64 channels x ceil(K/4)*256 bits, the popc path ceil(npix/128)*128 x
-//     ceil(O/16)*16 x K*64; the tensor cores retire ~32x the binary MACs per SM cycle of
-//     the CUDA cores (A100: 16384 vs ~512), so mma is taken while its padded work is below
-//     8x the popc path's (a margin for its prep pass and epilogue).
-// A first guess from peak rates, to be replaced by the measurements of the first GPU run
-// (benchmarks/bench_cuda_conv.py times both paths).
+// when the library loads) picks per call by the rule of mma_conv::auto_prefers_mma
+// (csrc/core/xnor_mma_conv.h: compute capability 8.x / 9.x, at least 2^22 binary MACs,
+// moderate tile padding), a first guess from peak rates that the first GPU run's
+// measurements (benchmarks/bench_cuda_conv.py times both paths) should replace.
 const char* const kAlgoNames[] = {"auto", "popc", "mma"};
 constexpr int kAlgoAuto = 0, kAlgoPopc = 1, kAlgoMma = 2;
 
@@ -101,28 +93,17 @@ void set_cuda_conv_algorithm(const std::string& name) {
   algo_slot().store(i, std::memory_order_relaxed);
 }
 
-bool gpu_has_b1_mma(const at::Tensor& on) {
-  // cached device properties: no host synchronisation
-  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(on.device().index());
-  return prop->major == 8 || prop->major == 9;
-}
-
 bool use_mma(const GpuConvShape& g, const at::Tensor& on) {
   const int algo = algo_slot().load(std::memory_order_relaxed);
   if (algo == kAlgoPopc) return false;
+  // cached device properties: no host synchronisation
+  const int major = at::cuda::getDeviceProperties(on.device().index())->major;
   if (algo == kAlgoMma) {
-    TORCH_CHECK(at::cuda::getDeviceProperties(on.device().index())->major >= 8,
-                "irnet::xnor_conv2d: the 'mma' algorithm (set_cuda_conv_algorithm / IRNET_CUDA_CONV) needs a GPU of ",
-                "compute capability 8.0 or newer; use 'popc' or 'auto' on this one");
+    TORCH_CHECK(major >= 8, "irnet::xnor_conv2d: the 'mma' algorithm (set_cuda_conv_algorithm / IRNET_CUDA_CONV) ",
+                "needs a GPU of compute capability 8.0 or newer; use 'popc' or 'auto' on this one");
     return true;
   }
-  if (!gpu_has_b1_mma(on)) return false;
-  const double npix_pad = static_cast<double>(ceil_div(g.npix, 128) * 128);
-  const double macs = static_cast<double>(g.npix) * static_cast<double>(g.O) * g.channels * g.kh * g.kw;
-  if (macs < double(1 << 22)) return false;
-  const double mma_work = npix_pad * static_cast<double>(ceil_div(g.O, 64) * 64) * (ceil_div(g.K, 4) * 256.0);
-  const double popc_work = npix_pad * static_cast<double>(ceil_div(g.O, 16) * 16) * (g.K * 64.0);
-  return mma_work < 8.0 * popc_work;
+  return irnet::core::mma_conv::auto_prefers_mma(g, major);
 }
 
 // ---------------------------------------------------------------- argument checks

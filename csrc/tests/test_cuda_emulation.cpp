@@ -441,6 +441,25 @@ static void test_popc_kernel() {
   std::printf("CUDA-core kernel: %d emulated launches\n", runs);
 }
 
+// The `auto` rule of csrc/cuda/xnor.cu: tensor cores for ResNet-18's 3x3 layers on sm_80 /
+// sm_90, never on other GPUs, not for tiny calls, not where the tile padding explodes.
+static void test_auto_choice() {
+  const Case resnet18[] = {{64, 64, 56, 56, 64, 3, 3, 1, 1, 1, 1, 1, 1},   {64, 128, 28, 28, 128, 3, 3, 1, 1, 1, 1, 1, 1},
+                           {256, 256, 14, 14, 256, 3, 3, 1, 1, 1, 1, 1, 1}, {256, 512, 7, 7, 512, 3, 3, 1, 1, 1, 1, 1, 1},
+                           {64, 256, 14, 14, 512, 3, 3, 2, 2, 1, 1, 1, 1}};
+  for (const Case& c : resnet18) {
+    const GpuConvShape g = shape_of(c);
+    CHECK(mc::auto_prefers_mma(g, 8) && mc::auto_prefers_mma(g, 9), "ResNet-18 layer C%d at batch %d: not mma", c.C, c.N);
+    for (int major : {6, 7, 10, 12}) CHECK(!mc::auto_prefers_mma(g, major), "mma chosen on compute capability %d", major);
+  }
+  CHECK(!mc::auto_prefers_mma(shape_of({1, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1}), 8), "a tiny layer took mma");
+  // a 1x1 conv of 64 channels to 1: the tiles pad 1 channel to 64 and 64 bits to 256 (16x the
+  // CUDA-core path's padded work), though the call is big enough
+  const GpuConvShape g1 = shape_of({128, 64, 32, 32, 1, 1, 1, 1, 1, 0, 0, 1, 1});
+  CHECK(!mc::auto_prefers_mma(g1, 8), "a 64 -> 1 channel 1x1 conv took mma");
+  CHECK(mc::auto_prefers_mma(shape_of({128, 64, 32, 32, 64, 1, 1, 1, 1, 0, 0, 1, 1}), 8), "64 -> 64 1x1 conv: not mma");
+}
+
 // The emulator itself must catch a missing barrier: the tensor-core body with its loads
 // racing (here: a body that reads shared memory another thread writes, with no sync).
 static void test_emulator_catches_races() {
@@ -457,6 +476,7 @@ static void test_emulator_catches_races() {
   }
   // and a divergent barrier deadlocks
   BlockEmulator emu(128, Order::ascending, Landing::late, 7);
+  emu.verbose = false;  // the deadlock is expected here
   std::vector<int> sh(4);
   emu.run_block(sh.data(), sh.size() * sizeof(int), [&](HostExec& ex, int tid) {
     if (tid != 5) ex.sync();
@@ -478,6 +498,7 @@ int main() {
   section("2. one warp: loaders + mma + C map vs integer GEMM", test_warp_tile);
   section("   emulator self-test (race, divergent barrier)", test_emulator_catches_races);
   section("3. tensor-core kernel, every thread, vs plain conv", test_mma_kernel);
+  section("   the 'auto' rule between the two kernels", test_auto_choice);
   section("4. CUDA-core kernel, every thread, vs plain conv", test_popc_kernel);
   if (g_failures) {
     std::printf("%d check(s) FAILED\n", g_failures);

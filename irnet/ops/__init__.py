@@ -139,8 +139,9 @@ def _conv_args(x: torch.Tensor, w, stride, padding, dilation):
 
 def xnor_conv2d(x: torch.Tensor, w, stride=1, padding=0, dilation=1) -> torch.Tensor:
     """F.conv2d(sign(x), sign(w) [* scale], stride, padding, dilation) with zero padding,
-    computed on bit-packed operands (XNOR-popcount, or on the CPU table lookups: see
-    :func:`set_cpu_conv_algorithm`); float32 result, exact.
+    computed on bit-packed operands (XNOR-popcount, or on the CPU table lookups, on CUDA
+    1-bit tensor cores: see :func:`set_cpu_conv_algorithm`, :func:`set_cuda_conv_algorithm`);
+    float32 result, exact.
 
     ``w`` is a float (C_out, C_in, kh, kw) weight or a :class:`PackedWeight`.  The result
     is channels_last when ``x`` is (as F.conv2d's would be), NCHW-contiguous otherwise."""
