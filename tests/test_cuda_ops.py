@@ -9,6 +9,10 @@ Packed / XNOR results are compared with ``torch.equal``; the float training ops 
 tolerances derived from the precision of the output dtype.  Fresh random data every
 run; the seed and the shape are in every assertion message.
 
+The conv, fused conv and linear tests run once per CUDA conv kernel (fixture `algo`:
+"popc" on CUDA cores, "mma" on 1-bit tensor cores), with the cases of the CPU kernels' tests
+(tests/test_xnor_cpu.py) among them.
+
 NOTE: written on a machine without a GPU.  These tests have never run.
 """
 from __future__ import annotations
@@ -133,6 +137,26 @@ def test_pack_bits_double_tiny_negative():
 
 
 # --------------------------------------------------------------------------- xnor_conv2d
+# Every conv / linear test runs once per CUDA conv kernel (fixture `algo`): "popc" (CUDA
+# cores) and "mma" (1-bit tensor cores), forced with ops.set_cuda_conv_algorithm, so that
+# the first GPU run checks both paths bit for bit against the reference.
+def _algo_params():
+    if not torch.cuda.is_available():
+        return ["popc", "mma"]  # skipped with the module's reason
+    major = torch.cuda.get_device_capability()[0]
+    return ["popc", pytest.param("mma", marks=pytest.mark.skipif(
+        major < 8, reason=f"the tensor-core kernel needs compute capability >= 8.0 (this GPU: {major}.x)"))]
+
+
+@pytest.fixture(params=_algo_params())
+def algo(request):
+    before = ops.cuda_conv_algorithm()
+    ops.set_cuda_conv_algorithm(request.param)
+    assert ops.cuda_conv_algorithm() == request.param
+    yield request.param
+    ops.set_cuda_conv_algorithm(before)
+
+
 # (N, C, H, W, O, kh, kw, stride, padding, dilation)
 CONV_CASES = [
     (1, 1, 5, 5, 1, 3, 3, (1, 1), (1, 1), (1, 1)),
@@ -150,6 +174,26 @@ CONV_CASES = [
     (2, 12800, 3, 3, 18, 1, 1, (1, 1), (0, 0), (1, 1)),   # K = 200 words in one tap: chunk starts at word 128
     (1, 5, 1, 1, 3, 7, 7, (1, 1), (3, 3), (1, 1)),        # 1x1 input, only the centre tap in frame
 ]
+# ResNet-18 3x3 layers at small batch (the tensor-core tiles' target; "auto" takes mma for
+# these on sm_80/90): fewer variants each, their float64 reference convs take a while
+RESNET18_CASES = [
+    (2, 64, 56, 56, 64, 3, 3, (1, 1), (1, 1), (1, 1)),
+    (2, 128, 28, 28, 128, 3, 3, (1, 1), (1, 1), (1, 1)),
+    (3, 256, 14, 14, 256, 3, 3, (1, 1), (1, 1), (1, 1)),
+    (4, 512, 7, 7, 512, 3, 3, (1, 1), (1, 1), (1, 1)),
+    (2, 256, 14, 14, 512, 3, 3, (2, 2), (1, 1), (1, 1)),  # stage transition, stride 2
+]
+
+
+def _from_cpu_case(c):
+    n, ch, h, w, o, k, s, p, d = c
+    return (n, ch, h, w, o, k[0], k[1], s, p, d)
+
+
+# ... and the cases of the CPU kernels' tests (tests/test_xnor_cpu.py)
+from test_xnor_cpu import CONV_CASES as _CPU_CONV_CASES  # noqa: E402
+
+CONV_CASES += [_from_cpu_case(c) for c in _CPU_CONV_CASES if _from_cpu_case(c) not in CONV_CASES]
 
 
 def _conv_id(c):
@@ -157,9 +201,14 @@ def _conv_id(c):
     return f"N{n}-C{ch}-{h}x{w}-O{o}-k{kh}x{kw}-s{s[0]}{s[1]}-p{p[0]}{p[1]}-d{d[0]}{d[1]}"
 
 
+def _out_shape(case):
+    n, c, h, w, o, kh, kw, s, p, d = case
+    return (n, o, (h + 2 * p[0] - d[0] * (kh - 1) - 1) // s[0] + 1, (w + 2 * p[1] - d[1] * (kw - 1) - 1) // s[1] + 1)
+
+
 @pytest.mark.parametrize("scale_kind", ["none", "pow2", "float32", "float64"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=_conv_id)
-def test_xnor_conv2d_bits(case, scale_kind):
+def test_xnor_conv2d_bits(case, scale_kind, algo):
     seed = _seeded()
     n, c, h, w, o, kh, kw, stride, padding, dilation = case
     words = (c + 63) // 64
@@ -174,7 +223,7 @@ def test_xnor_conv2d_bits(case, scale_kind):
     expect = ref.xnor_conv2d_bits(xb, wb, scale, c, stride, padding, dilation)
     out = OPS.xnor_conv2d(xb.to(DEV), wb.to(DEV), None if scale is None else scale.to(DEV), c, list(stride),
                           list(padding), list(dilation))
-    info = f"seed={seed} case={_conv_id(case)} scale={scale_kind}"
+    info = f"seed={seed} case={_conv_id(case)} scale={scale_kind} algo={algo}"
     assert out.dtype == torch.float32 and out.shape == expect.shape and out.is_contiguous(), info
     assert torch.equal(out.cpu(), expect), info
     out_cl = OPS.xnor_conv2d(xb.to(DEV), wb.to(DEV), None if scale is None else scale.to(DEV), c, list(stride),
@@ -183,8 +232,41 @@ def test_xnor_conv2d_bits(case, scale_kind):
     assert torch.equal(out_cl.cpu(), expect), info
 
 
+@pytest.mark.parametrize("case", RESNET18_CASES, ids=_conv_id)
+def test_xnor_conv2d_resnet18_layers(case, algo):
+    seed = _seeded()
+    n, c, h, w, o, kh, kw, stride, padding, dilation = case
+    xb, wb = _random_bits((n, h, w, c // 64)), _random_bits((o, kh, kw, c // 64))
+    scale = torch.rand(o)
+    expect = ref.xnor_conv2d_bits(xb, wb, scale, c, stride, padding, dilation)
+    for cl in (False, True):
+        out = OPS.xnor_conv2d(xb.to(DEV), wb.to(DEV), scale.to(DEV), c, list(stride), list(padding), list(dilation), cl)
+        assert torch.equal(out.cpu(), expect), f"seed={seed} case={_conv_id(case)} cl={cl} algo={algo}"
+
+
+def test_conv_algorithms_agree():
+    """auto, popc and mma give the same bits on a call big enough for auto to take mma."""
+    seed = _seeded()
+    case = (2, 128, 28, 28, 128, 3, 3, (1, 1), (1, 1), (1, 1))
+    n, c, h, w, o, kh, kw, s, p, d = case
+    xb, wb = _random_bits((n, h, w, 2)).to(DEV), _random_bits((o, kh, kw, 2)).to(DEV)
+    before = ops.cuda_conv_algorithm()
+    outs = {}
+    try:
+        for a in ops.cuda_conv_algorithms():
+            if a == "mma" and torch.cuda.get_device_capability()[0] < 8:
+                continue
+            ops.set_cuda_conv_algorithm(a)
+            outs[a] = OPS.xnor_conv2d(xb, wb, None, c, list(s), list(p), list(d))
+    finally:
+        ops.set_cuda_conv_algorithm(before)
+    expect = ref.xnor_conv2d_bits(xb.cpu(), wb.cpu(), None, c, s, p, d)
+    for a, out in outs.items():
+        assert torch.equal(out.cpu(), expect), f"seed={seed} algo={a}"
+
+
 @pytest.mark.parametrize("case", CONV_CASES[:10], ids=_conv_id)
-def test_xnor_conv2d_float_end_to_end(case):
+def test_xnor_conv2d_float_end_to_end(case, algo):
     """irnet.ops.xnor_conv2d(x, w) == F.conv2d(sign(x), sign(w) * scale) in float64, exactly."""
     seed = _seeded()
     n, c, h, w, o, kh, kw, stride, padding, dilation = case
@@ -196,11 +278,11 @@ def test_xnor_conv2d_float_end_to_end(case):
     wsign = ref.sign(ref.libra_pb_parts(wt.double())[1])
     expect = F.conv2d(ref.sign(x.double()), wsign, None, stride, padding, dilation).float() \
         * scale.float().reshape(1, -1, 1, 1)
-    assert torch.equal(out.cpu(), expect), f"seed={seed} case={_conv_id(case)}"
+    assert torch.equal(out.cpu(), expect), f"seed={seed} case={_conv_id(case)} algo={algo}"
 
 
 @pytest.mark.parametrize("case", CONV_CASES[:8], ids=_conv_id)
-def test_xnor_conv2d_float_x_bits(case):
+def test_xnor_conv2d_float_x_bits(case, algo):
     """The float activations in place of x_bits: packed by the op, the same bits as
     pack_bits then the packed op (NCHW and channels_last input)."""
     seed = _seeded()
@@ -210,42 +292,93 @@ def test_xnor_conv2d_float_x_bits(case):
     args = (wb, None, c, list(stride), list(padding), list(dilation))
     expect = OPS.xnor_conv2d(OPS.pack_bits(x), *args)
     for xin in (x, x.contiguous(memory_format=torch.channels_last)):
-        assert torch.equal(OPS.xnor_conv2d(xin, *args), expect), f"seed={seed} case={_conv_id(case)}"
+        assert torch.equal(OPS.xnor_conv2d(xin, *args), expect), f"seed={seed} case={_conv_id(case)} algo={algo}"
 
 
-@pytest.mark.parametrize("case", CONV_CASES[:8], ids=_conv_id)
-def test_xnor_conv2d_fused(case):
-    """The fused conv on CUDA (its xnor_conv2d, then the epilogue as PyTorch ops) against
-    the reference epilogue on the CPU, bit for bit; NaN in the residual stays NaN."""
+# --------------------------------------------------------------------------- xnor_conv2d_fused
+INF = float("inf")
+FUSED_ACTS = [(-1.0, 1.0), (0.0, INF), (-INF, INF), (-0.25, 0.5)]
+
+
+def _fused_args(o, shape, act, residual_kind):
+    """alpha (some negative, one zero), beta, a residual (None / NCHW / channels_last /
+    with NaN and Inf sprinkled in) and the activation bounds (as tests/test_fused.py)."""
+    alpha = torch.randn(o) * 2
+    alpha[0] = 0.0
+    beta = torch.randn(o)
+    residual = None
+    if residual_kind != "none":
+        residual = torch.randn(shape)
+        if residual_kind == "nonfinite" and residual.numel() >= 3:
+            flat = residual.view(-1)
+            flat[0], flat[flat.numel() // 2], flat[-1] = float("nan"), INF, -INF
+        if residual_kind == "channels_last":
+            residual = residual.contiguous(memory_format=torch.channels_last)
+    return alpha, beta, residual, act[0], act[1]
+
+
+@pytest.mark.parametrize("case", CONV_CASES + RESNET18_CASES, ids=_conv_id)
+def test_xnor_conv2d_fused(case, algo):
+    """The fused kernel (conv + folded BatchNorm + residual + clamp in the conv's epilogue)
+    against reference.xnor_conv2d_fused_bits on the CPU, bit for bit; a NaN in the
+    residual stays NaN; every residual layout, activation, scale kind and output layout."""
     seed = _seeded()
     n, c, h, w, o, kh, kw, stride, padding, dilation = case
     words = (c + 63) // 64
     xb, wb = _random_bits((n, h, w, words)), _random_bits((o, kh, kw, words))
-    alpha, beta = torch.randn(o), torch.randn(o)
-    conv = ref.xnor_conv2d_bits(xb, wb, None, c, stride, padding, dilation)
-    residual = torch.randn(conv.shape)
-    if residual.numel():
-        residual.view(-1)[0] = float("nan")
-    expect = ref.fused_epilogue(conv, alpha, beta, residual, -1.0, 1.0)
+    shape = _out_shape(case)
+    # reference.xnor_conv2d_fused_bits, with its conv computed once: dot (* scale) then the epilogue
+    dot = ref.xnor_conv2d_bits(xb, wb, None, c, stride, padding, dilation)
+    for i, residual_kind in enumerate(("none", "nchw", "channels_last", "nonfinite")):
+        act = FUSED_ACTS[i % len(FUSED_ACTS)]
+        scale = (None, 2.0 ** torch.randint(-4, 4, (o,)).float(), torch.rand(o) * 3)[i % 3]
+        alpha, beta, residual, lo, hi = _fused_args(o, shape, act, residual_kind)
+        conv = dot if scale is None else dot * scale.reshape(1, -1, 1, 1)
+        expect = ref.fused_epilogue(conv, alpha, beta, residual, lo, hi)
+        for cl in (False, True):
+            out = OPS.xnor_conv2d_fused(xb.to(DEV), wb.to(DEV), None if scale is None else scale.to(DEV), c,
+                                        list(stride), list(padding), list(dilation), cl, alpha.to(DEV), beta.to(DEV),
+                                        None if residual is None else residual.to(DEV), lo, hi)
+            fmt = torch.channels_last if cl else torch.contiguous_format
+            info = f"seed={seed} case={_conv_id(case)} residual={residual_kind} act={act} cl={cl} algo={algo}"
+            assert out.dtype == torch.float32 and out.is_contiguous(memory_format=fmt), info
+            torch.testing.assert_close(out.cpu(), expect, rtol=0, atol=0, equal_nan=True, msg=info)
+
+
+@pytest.mark.parametrize("case", CONV_CASES[1:12:3], ids=_conv_id)
+def test_xnor_conv2d_fused_float_input(case, algo):
+    """Float activations in place of x_bits (NCHW or channels_last): the same bits as the
+    packed input, residual and epilogue included."""
+    seed = _seeded()
+    n, c, h, w, o, kh, kw, stride, padding, dilation = case
+    x = torch.randn(n, c, h, w, device=DEV)
+    wb = _random_bits((o, kh, kw, (c + 63) // 64)).to(DEV)
+    alpha, beta, residual, lo, hi = _fused_args(o, _out_shape(case), (-1.0, 1.0), "nchw")
     for cl in (False, True):
-        out = OPS.xnor_conv2d_fused(xb.to(DEV), wb.to(DEV), None, c, list(stride), list(padding), list(dilation), cl,
-                                    alpha.to(DEV), beta.to(DEV), residual.to(DEV), -1.0, 1.0)
-        torch.testing.assert_close(out.cpu(), expect, rtol=0, atol=0, equal_nan=True,
-                                   msg=f"seed={seed} case={_conv_id(case)} channels_last={cl}")
+        args = (wb, None, c, list(stride), list(padding), list(dilation), cl, alpha.to(DEV), beta.to(DEV),
+                residual.to(DEV), lo, hi)
+        expect = OPS.xnor_conv2d_fused(OPS.pack_bits(x), *args)
+        for xin in (x, x.contiguous(memory_format=torch.channels_last)):
+            assert torch.equal(OPS.xnor_conv2d_fused(xin, *args), expect), f"seed={seed} {_conv_id(case)} cl={cl}"
+
+
+def test_xnor_conv2d_fused_is_compiled():
+    """The CUDA fused op runs its own kernel, not the Python fallback of irnet/ops/registry.py."""
+    assert ops.has_compiled_kernel("xnor_conv2d_fused", "cuda")
 
 
 # --------------------------------------------------------------------------- xnor_linear
 @pytest.mark.parametrize("scale_kind", ["none", "float32"])
 @pytest.mark.parametrize("n,features,o", [(1, 1, 1), (7, 63, 17), (0, 64, 5), (300, 65, 40), (3, 1000, 16),
-                                          (5, 9600, 20), (2, 128, 0)])
-def test_xnor_linear_bits(n, features, o, scale_kind):
+                                          (5, 9600, 20), (2, 128, 0), (256, 4096, 512)])
+def test_xnor_linear_bits(n, features, o, scale_kind, algo):
     seed = _seeded()
     words = (features + 63) // 64
     xb = _random_bits((n, words))
     wb = _random_bits((o, words))
     scale = None if scale_kind == "none" else torch.randn(o)
     expect = ref.xnor_linear_bits(_tail_masked(xb, features), _tail_masked(wb, features), scale, features)
-    info = f"seed={seed} n={n} features={features} o={o} scale={scale_kind}"
+    info = f"seed={seed} n={n} features={features} o={o} scale={scale_kind} algo={algo}"
     sc = None if scale is None else scale.to(DEV)
     out = OPS.xnor_linear(_tail_masked(xb, features).to(DEV), _tail_masked(wb, features).to(DEV), sc, features)
     assert out.dtype == torch.float32 and out.shape == (n, o) and out.is_contiguous(), info
@@ -254,13 +387,13 @@ def test_xnor_linear_bits(n, features, o, scale_kind):
     assert torch.equal(OPS.xnor_linear(xb.to(DEV), wb.to(DEV), sc, features).cpu(), expect), info
 
 
-def test_xnor_linear_float_end_to_end():
+def test_xnor_linear_float_end_to_end(algo):
     seed = _seeded()
     x = torch.randn(9, 300)
     w = torch.randn(11, 300)
     out = ops.xnor_linear(x.to(DEV), w.to(DEV))
     expect = F.linear(ref.sign(x.double()), ref.sign(w.double())).float()
-    assert torch.equal(out.cpu(), expect), f"seed={seed}"
+    assert torch.equal(out.cpu(), expect), f"seed={seed} algo={algo}"
 
 
 # --------------------------------------------------------------------------- sign_ede
@@ -480,13 +613,31 @@ def test_opcheck(case):
     torch.library.opcheck(getattr(OPS, name).default, args)
 
 
+def test_opcheck_conv_kernels(algo):
+    """torch.library.opcheck of the conv ops (schema, fake kernel, no aliasing) on each kernel."""
+    xb, wb = _random_bits((2, 6, 5, 2)).to(DEV), _random_bits((7, 3, 3, 2)).to(DEV)
+    alpha, beta = torch.randn(7, device=DEV), torch.randn(7, device=DEV)
+    one = [1, 1]
+    torch.library.opcheck(OPS.xnor_conv2d.default, (xb, wb, torch.rand(7, device=DEV), 100, [2, 1], one, [1, 2]))
+    torch.library.opcheck(OPS.xnor_conv2d.default, (xb, wb, None, 100, one, one, one, True))
+    torch.library.opcheck(OPS.xnor_conv2d_fused.default,
+                          (xb, wb, None, 100, one, one, one, False, alpha, beta, torch.randn(2, 7, 6, 5, device=DEV),
+                           -1.0, 1.0))
+    torch.library.opcheck(OPS.xnor_conv2d_fused.default,
+                          (torch.randn(2, 100, 6, 5, device=DEV), wb, torch.rand(7, device=DEV), 100, [2, 1], [0, 2],
+                           one, True, alpha, beta, None, 0.0, float("inf")))
+    torch.library.opcheck(OPS.xnor_linear.default, (_random_bits((5, 3)).to(DEV), _random_bits((9, 3)).to(DEV),
+                                                    torch.rand(9, device=DEV), 150))
+
+
 # --------------------------------------------------------------------------- streams, syncs
-def test_kernels_run_on_the_current_stream():
+def test_kernels_run_on_the_current_stream(algo):
     """On a side stream, an input written after a long device sleep must be what the
     kernel reads: a kernel launched on another (non-waiting) stream would read the old
     values, whose signs are all flipped."""
     x_new = torch.randn(4, 130, 6, 6)
     w = _random_bits((9, 3, 3, 3))
+    alpha, beta = torch.randn(9), torch.randn(9)
     buf = (-x_new).to(DEV)
     wd = w.to(DEV)
     new_d = x_new.to(DEV)
@@ -497,15 +648,19 @@ def test_kernels_run_on_the_current_stream():
         buf.copy_(new_d)
         bits = OPS.pack_bits(buf)
         y = OPS.xnor_conv2d(bits, wd, None, 130, [1, 1], [1, 1], [1, 1])
+        yf = OPS.xnor_conv2d_fused(buf, wd, None, 130, [1, 1], [1, 1], [1, 1], True, alpha.to(DEV), beta.to(DEV),
+                                   None, -1.0, 1.0)
         s = OPS.sign_ede(buf, torch.tensor(1.0, device=DEV), torch.tensor(1.0, device=DEV))
     torch.cuda.synchronize()
     xb = ref.pack_bits(x_new)
     assert torch.equal(bits.cpu(), xb)
     assert torch.equal(y.cpu(), ref.xnor_conv2d_bits(xb, w, None, 130, (1, 1), (1, 1), (1, 1)))
+    assert torch.equal(yf.cpu(), ref.xnor_conv2d_fused_bits(xb, w, None, 130, (1, 1), (1, 1), (1, 1), alpha, beta,
+                                                             None, -1.0, 1.0))
     assert torch.equal(s.cpu(), ref.sign(x_new))
 
 
-def test_no_host_sync():
+def test_no_host_sync(algo):
     """No op synchronises with the host (k, t, scale are read on the device)."""
     k, t = _kt()
     w = torch.randn(8, 16, 3, 3, device=DEV)
@@ -522,6 +677,8 @@ def test_no_host_sync():
         OPS.sign_ede(x, k, t)
         OPS.sign_ede_backward(x, x, k, t)
         OPS.xnor_conv2d(xb, bits, sc, 16, [1, 1], [1, 1], [1, 1])
+        OPS.xnor_conv2d_fused(x, bits, sc, 16, [1, 1], [1, 1], [1, 1], True, sc, sc, torch.randn(2, 8, 6, 6,
+                              device=DEV), -1.0, 1.0)
         OPS.xnor_linear(OPS.pack_bits(x.reshape(2, -1)), OPS.pack_bits(torch.randn(3, 576, device=DEV)), None, 576)
     finally:
         torch.cuda.set_sync_debug_mode(prev)
@@ -576,6 +733,21 @@ def _bits(shape, device=DEV):
      "does not fit"),  # (2 - 3) // 2 + 1 = 0 rows, although C++'s (2 - 3) / 2 + 1 is 1
     (lambda: OPS.xnor_conv2d(_bits((1, 4, 4, 1)), _bits((2, 3, 3, 1)), None, 64, [0, 1], [0, 0], [1, 1]),
      "stride >= 1"),
+    (lambda: OPS.xnor_conv2d_fused(_bits((1, 4, 4, 1)), _bits((2, 3, 3, 1)), None, 64, [1, 1], [1, 1], [1, 1],
+                                   False, torch.ones(2, device=DEV), torch.ones(3, device=DEV), None, -1.0, 1.0),
+     "alpha and beta as float32 tensors of shape"),
+    (lambda: OPS.xnor_conv2d_fused(_bits((1, 4, 4, 1)), _bits((2, 3, 3, 1)), None, 64, [1, 1], [1, 1], [1, 1],
+                                   False, torch.ones(2, device=DEV).double(), torch.ones(2, device=DEV), None, -1.0,
+                                   1.0), "alpha and beta as float32"),
+    (lambda: OPS.xnor_conv2d_fused(_bits((1, 4, 4, 1)), _bits((2, 3, 3, 1)), None, 64, [1, 1], [1, 1], [1, 1],
+                                   False, torch.ones(2), torch.ones(2, device=DEV), None, -1.0, 1.0),
+     "alpha to be a CUDA tensor"),
+    (lambda: OPS.xnor_conv2d_fused(_bits((1, 4, 4, 1)), _bits((2, 3, 3, 1)), None, 64, [1, 1], [1, 1], [1, 1],
+                                   False, torch.ones(2, device=DEV), torch.ones(2, device=DEV),
+                                   torch.ones(1, 2, 3, 4, device=DEV), -1.0, 1.0), "residual as a float32 tensor"),
+    (lambda: OPS.xnor_conv2d_fused(_bits((1, 4, 4, 1)), _bits((2, 3, 3, 1)), None, 64, [1, 1], [1, 1], [1, 1],
+                                   False, torch.ones(2, device=DEV), torch.ones(2, device=DEV), None, 1.0, -1.0),
+     "act_min <= act_max"),
     (lambda: OPS.xnor_linear(_bits((3, 1)), _bits((2, 1), "cpu"), None, 64), "w_bits to be a CUDA tensor"),
     (lambda: OPS.xnor_linear(_bits((3, 2)), _bits((2, 1)), None, 64), "words per row"),
     # in_channels / in_features 0: rejected, as on the CPU

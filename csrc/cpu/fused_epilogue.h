@@ -11,14 +11,13 @@
 #include <cstdint>
 
 #include "core/common.h"
+#include "core/conv_epilogue.h"
 
 namespace irnet {
 namespace cpu {
 
-IRNET_INLINE float fused_value(float v, float lo, float hi) {
-  v = v < lo ? lo : v;
-  return v > hi ? hi : v;
-}
+// (the clamp rule shared with the CUDA kernels, csrc/core/conv_epilogue.h)
+IRNET_INLINE float fused_value(float v, float lo, float hi) { return core::clamp_keep_nan(v, lo, hi); }
 
 // n outputs of one channel (NCHW: a run of pixels; a, b one value each)
 IRNET_INLINE void fused_run(float* __restrict y, const float* __restrict res, int64_t n, float a, float b, float lo,

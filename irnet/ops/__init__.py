@@ -7,7 +7,8 @@ The rest of the op layer lives beside this file, one concern each:
 * ``fake.py``      fake (meta) kernels, for torch.compile / torch.export;
 * ``autograd.py``  the EDE and Libra-PB backward formulas;
 * ``checks.py``    argument checks shared by the wrappers;
-* ``controls.py``  the CPU kernels' run-time settings (SIMD level, conv algorithm).
+* ``controls.py``  the kernels' run-time settings (CPU SIMD level and conv algorithm, CUDA
+  conv algorithm).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from . import autograd as _autograd  # noqa: F401  (registers the backward formu
 from . import fake as _fake  # noqa: F401  (registers the fake kernels)
 from .checks import _check_finite, _check_same_device, _check_tensor, _conv_out, _ede_params, _float32, _pair  # noqa: F401
 from .controls import (cpu_conv_algorithm, cpu_conv_algorithms, cpu_simd_level, cpu_simd_levels,  # noqa: F401
-                       set_cpu_conv_algorithm, set_cpu_simd_level)
+                       cuda_conv_algorithm, cuda_conv_algorithms, set_cpu_conv_algorithm, set_cpu_simd_level,
+                       set_cuda_conv_algorithm)
 from .registry import DEVICE_KEYS, SCHEMAS, WORD_BITS, _REFERENCE_KERNELS, backend_report, has_compiled_kernel  # noqa: F401
 
 def sign_ede(x: torch.Tensor, k, t) -> torch.Tensor:
@@ -137,8 +139,9 @@ def _conv_args(x: torch.Tensor, w, stride, padding, dilation):
 
 def xnor_conv2d(x: torch.Tensor, w, stride=1, padding=0, dilation=1) -> torch.Tensor:
     """F.conv2d(sign(x), sign(w) [* scale], stride, padding, dilation) with zero padding,
-    computed on bit-packed operands (XNOR-popcount, or on the CPU table lookups: see
-    :func:`set_cpu_conv_algorithm`); float32 result, exact.
+    computed on bit-packed operands (XNOR-popcount, or on the CPU table lookups, on CUDA
+    1-bit tensor cores: see :func:`set_cpu_conv_algorithm`, :func:`set_cuda_conv_algorithm`);
+    float32 result, exact.
 
     ``w`` is a float (C_out, C_in, kh, kw) weight or a :class:`PackedWeight`.  The result
     is channels_last when ``x`` is (as F.conv2d's would be), NCHW-contiguous otherwise."""

@@ -66,8 +66,8 @@ _REFERENCE_KERNELS = {
     "xnor_conv2d": lambda xb, wb, scale, c, stride, padding, dilation, channels_last=False: ref.xnor_conv2d_bits(
         _bits(xb, c), wb, scale, c, stride, padding, dilation).contiguous(memory_format=_conv_format(channels_last)),
     "xnor_linear": lambda xb, wb, scale, n: ref.xnor_linear_bits(xb, wb, scale, n).contiguous(),
-    # no fused kernel for this device (CUDA): the device's xnor_conv2d (compiled where it
-    # exists), then the epilogue as PyTorch ops
+    # for a device without a compiled fused kernel (CUDA has one wherever irnet's CUDA
+    # kernels are built): the device's xnor_conv2d, then the epilogue as PyTorch ops
     "xnor_conv2d_fused": lambda xb, wb, scale, c, stride, padding, dilation, channels_last, alpha, beta, residual, lo, hi:
         ref.fused_epilogue(torch.ops.irnet.xnor_conv2d(xb, wb, scale, c, stride, padding, dilation, channels_last),
                            alpha, beta, residual, lo, hi).contiguous(memory_format=_conv_format(channels_last)),
