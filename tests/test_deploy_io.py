@@ -211,7 +211,7 @@ def test_save_refuses_models_it_could_not_load_back(resnet20, tmp_path):
         irnet.deploy.save(extra, out)
     with pytest.raises(ValueError, match="would not load"):
         irnet.deploy.save(packed, out, model_kwargs={"num_classes": 7})
-    mixed = irnet.deploy.convert(resnet20)
+    mixed = irnet.deploy.convert(trained_like("resnet20_1w32a"))  # float convs everywhere (1w32a)
     mixed.stem[0].weight.data = mixed.stem[0].weight.data.contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="several memory formats"):
         irnet.deploy.save(mixed, out)

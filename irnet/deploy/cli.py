@@ -125,7 +125,7 @@ def run(args) -> int:
         packed = convert(model, fuse=args.fuse)
         if args.channels_last:
             packed = packed.to(memory_format=torch.channels_last)
-        save(packed, args.out)
+        save(packed, args.out, memory_format="channels_last" if args.channels_last else "contiguous")
         try:
             shipped = load(args.out)
         except PackedModelError as exc:   # just written: this would be a bug, say so plainly

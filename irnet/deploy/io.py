@@ -69,11 +69,13 @@ def _checksum(info: dict, stored: dict) -> str:
 
 
 def _memory_format(state: dict) -> str:
-    """"contiguous" or "channels_last": the layout of the model's 4-d tensors (those for which
-    the two differ); a mixture cannot be restored by one ``.to(memory_format=...)``."""
+    """"contiguous" or "channels_last": the layout of the model's 4-d float tensors (those for
+    which the two differ); a mixture cannot be restored by one ``.to(memory_format=...)``.
+    (Packed bits are integer tensors, which the packed layers keep contiguous in either
+    layout: they do not count.)"""
     formats = set()
     for name, t in state.items():
-        if t.dim() != 4:
+        if t.dim() != 4 or not t.is_floating_point():
             continue
         plain, last = t.is_contiguous(), t.is_contiguous(memory_format=torch.channels_last)
         if plain and last:
@@ -144,9 +146,14 @@ def _json_plain(value) -> bool:
 
 
 # --------------------------------------------------------------------------- save
-def save(packed: nn.Module, path: str, *, model_name: str | None = None, model_kwargs: dict | None = None) -> None:
+def save(packed: nn.Module, path: str, *, model_name: str | None = None, model_kwargs: dict | None = None,
+         memory_format: str | None = None) -> None:
     """Write a packed model (the output of :func:`irnet.deploy.convert` of a zoo model) to
     ``path`` as one safetensors file, atomically.
+
+    ``memory_format`` ("contiguous" or "channels_last"), the layout ``load`` gives the model,
+    defaults to the layout of the model's 4-d float tensors (where none tells, e.g. only a
+    1-input-channel stem whose weight is both, "contiguous": the same memory either way).
 
     ``model_name`` / ``model_kwargs`` default to what ``irnet.models.create`` recorded on the
     model (``irnet_name``, ``irnet_kwargs``).  The file is checked to load before it is
@@ -174,6 +181,14 @@ def save(packed: nn.Module, path: str, *, model_name: str | None = None, model_k
 
     state = {k: v.detach() for k, v in packed.state_dict().items()}
     layout = _memory_format(state)
+    if memory_format is not None:
+        if memory_format not in ("contiguous", "channels_last"):
+            raise ValueError(f"irnet.deploy.save: memory_format must be 'contiguous' or 'channels_last', got {memory_format!r}")
+        fmt = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+        wrong = [k for k, t in state.items() if t.dim() == 4 and t.is_floating_point() and not t.is_contiguous(memory_format=fmt)]
+        if wrong:
+            raise ValueError(f"irnet.deploy.save: memory_format={memory_format!r} but {wrong[0]} is not in that layout")
+        layout = memory_format
     skeleton = _build_skeleton(name, dict(kwargs), dict(options))
     problems = _compare(skeleton.state_dict(), state)
     if problems:
