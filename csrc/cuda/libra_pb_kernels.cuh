@@ -1,8 +1,8 @@
 // The CUDA kernels of Libra-PB (forward and closed-form backward), torch-free so that
 // the same source compiles twice: by nvcc into irnet._C (csrc/cuda/libra_ede.cu launches
 // them) and, as host C++, into the ctest csrc/tests/test_libra_pb_emulation.cpp, which
-// runs every CUDA thread of a block as a std::thread (csrc/tests/cuda_host_emulation.h)
-// and compares with the CPU kernel's rule.
+// runs every CUDA thread of a block as a fiber (csrc/tests/cuda_host_emulation.h) and
+// compares with the CPU kernel's rule.
 //
 // One block of kLanes = 256 threads per output channel.  The arithmetic is the shared
 // rule of csrc/core/libra_pb.h; what is CUDA-specific is only BlockLanes, the block's

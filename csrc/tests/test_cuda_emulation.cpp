@@ -1,6 +1,7 @@
 // The CUDA binary convolutions run on the host (no GPU needed): csrc/core/xnor_mma_conv.h
 // (1-bit tensor cores) and csrc/core/xnor_popc_conv.h (CUDA cores), the very kernel bodies
-// that csrc/cuda/*.cu launch, with the emulating execution policy of warp_emulator.h.
+// that csrc/cuda/*.cu launch, with the emulating execution policy of warp_emulator.h (the
+// policy front-end of the block emulator cuda_block_emulator.h).
 //
 //  1. fragment maps (core/mma_b1_fragments.h): bijections onto A (16x256), B (256x8) and
 //     C (16x8); each register 32 k-consecutive bits of one row / column; entries worked
@@ -460,10 +461,10 @@ static void test_auto_choice() {
   CHECK(mc::auto_prefers_mma(shape_of({128, 64, 32, 32, 64, 1, 1, 1, 1, 0, 0, 1, 1}), 8), "64 -> 64 1x1 conv: not mma");
 }
 
-// The emulator itself must catch a missing barrier: the tensor-core body with its loads
-// racing (here: a body that reads shared memory another thread writes, with no sync).
+// The emulator itself must catch a missing barrier: a body that reads shared memory
+// another thread writes, with no sync, reads the old value in every order.
 static void test_emulator_catches_races() {
-  for (Order order : {Order::ascending, Order::descending}) {
+  for (Order order : irnet_test::kAllOrders) {
     BlockEmulator emu(128, order, Landing::late, 7);
     std::vector<int> sh(128, 0);
     int wrong = 0;
@@ -472,7 +473,7 @@ static void test_emulator_catches_races() {
       (void)ex;  // no ex.sync() here: the neighbour's value may not be written yet
       if (sh[static_cast<size_t>((tid + 1) % 128)] != (tid + 1) % 128 + 1) ++wrong;
     });
-    CHECK(wrong > 0, "the emulator ran a racy body as if it were synchronised (order %d)", static_cast<int>(order));
+    CHECK(wrong > 0, "the emulator ran a racy body as if it were synchronised (order %s)", irnet_test::order_name(order));
   }
   // and a divergent barrier deadlocks
   BlockEmulator emu(128, Order::ascending, Landing::late, 7);
@@ -482,6 +483,16 @@ static void test_emulator_catches_races() {
     if (tid != 5) ex.sync();
   });
   CHECK(emu.errors == 1, "a barrier thread 5 never reaches was not reported (%d errors)", emu.errors);
+  // and so do the lanes of a warp that meet at different collectives (mma.sync / __syncwarp)
+  BlockEmulator mixed(32, Order::ascending, Landing::late, 7);
+  mixed.verbose = false;
+  mixed.run_block(sh.data(), sh.size() * sizeof(int), [&](HostExec& ex, int tid) {
+    int d[4] = {};
+    const uint32_t a[4] = {}, b[2] = {};
+    if (tid < 16) ex.mma_b1_and_popc(d, a, b);
+    else mixed.sync_warp();
+  });
+  CHECK(mixed.errors == 1, "lanes at mma.sync and __syncwarp were not reported (%d errors)", mixed.errors);
 }
 
 // Runs one section and prints its number of failed checks (all sections always run, so a
@@ -496,7 +507,7 @@ static void section(const char* name, Section&& run) {
 int main() {
   section("1. fragment maps (PTX tables)", test_fragment_maps);
   section("2. one warp: loaders + mma + C map vs integer GEMM", test_warp_tile);
-  section("   emulator self-test (race, divergent barrier)", test_emulator_catches_races);
+  section("   emulator self-test (race, deadlock, warp ops)", test_emulator_catches_races);
   section("3. tensor-core kernel, every thread, vs plain conv", test_mma_kernel);
   section("   the 'auto' rule between the two kernels", test_auto_choice);
   section("4. CUDA-core kernel, every thread, vs plain conv", test_popc_kernel);

@@ -1,5 +1,7 @@
-// The CUDA Libra-PB kernels (csrc/cuda/libra_pb_kernels.cuh) run on the host, every CUDA
-// thread a fiber scheduled between barriers in random orders (cuda_host_emulation.h), against the CPU kernel's rule (the
+// The CUDA Libra-PB kernels (csrc/cuda/libra_pb_kernels.cuh) run on the host through the
+// macro front-end of the block emulator (cuda_host_emulation.h on cuda_block_emulator.h:
+// every CUDA thread a fiber; the blocks of a launch in turn under each schedule order,
+// random sweeps and one warp running ahead), against the CPU kernel's rule (the
 // SerialLanes run of csrc/core/libra_pb.h that csrc/cpu/libra_pb_cpu.cpp calls per
 // channel): wb, v, inv_sigma and scale must be equal BIT FOR BIT, for float32, float64,
 // float16 and bfloat16, on random weights of many channel lengths and on the edge cases
@@ -9,6 +11,7 @@
 //
 // Fresh random weights each run; the seed is printed (IRNET_TEST_SEED=<seed> replays it).
 // Built by CMakeLists.txt (ctest), run from pytest by tests/test_ctest.py.
+#include <algorithm>
 #include <cinttypes>
 #include <cmath>
 #include <cstdint>
@@ -134,9 +137,11 @@ Outputs<X> run_cuda(const std::vector<X>& w, int64_t O, int64_t n, bool with_wb 
   out.inv_sigma.assign(O, poison);
   out.scale.assign(O, poison);
   volatile int flag = 0;
-  cuda_host_emulation::launch(static_cast<unsigned>(O), kLanes, irnet_cuda::libra::libra_pb_kernel<X>, w.data(),
-                              with_wb ? out.wb.data() : static_cast<X*>(nullptr), out.v.data(), out.inv_sigma.data(),
-                              out.scale.data(), n, &flag);
+  const int errors = cuda_host_emulation::launch(static_cast<unsigned>(O), kLanes, irnet_cuda::libra::libra_pb_kernel<X>,
+                                                 w.data(), with_wb ? out.wb.data() : static_cast<X*>(nullptr),
+                                                 out.v.data(), out.inv_sigma.data(), out.scale.data(), n, &flag);
+  CHECK(errors == 0, "libra_pb_kernel<%s> O=%" PRId64 " n=%" PRId64 ": %d emulation errors", type_name<X>(), O, n,
+        errors);
   out.nonfinite_channel = flag;
   return out;
 }
@@ -303,6 +308,31 @@ void test_ties() {
   CHECK(bad == 0, "n = 2: %d %s channels differ", bad, type_name<X>());
 }
 
+// ---------------------------------------------------------------- the emulation itself
+// Each thread reads its neighbour's shared-memory cell.  With a barrier between the writes
+// and the reads every read is right, in every order; without it some thread runs before
+// its neighbour (a cycle cannot run in an order where every thread's neighbour goes first),
+// so every block, whatever its order, must see at least one stale cell.
+template <bool kBarrier>
+__global__ void neighbour_kernel(int* wrong) {
+  __shared__ int cell[kLanes];
+  const int t = static_cast<int>(threadIdx.x), next = (t + 1) % kLanes;
+  const int base = static_cast<int>(blockIdx.x) * kLanes + 1;
+  cell[t] = base + t;
+  if (kBarrier) __syncthreads();
+  if (cell[next] != base + next) ++wrong[blockIdx.x];
+}
+
+void test_emulator_catches_a_missing_barrier() {
+  const unsigned blocks = sizeof(irnet_test::kAllOrders) / sizeof(irnet_test::kAllOrders[0]);  // one per order
+  std::vector<int> wrong(blocks, 0);
+  CHECK(cuda_host_emulation::launch(blocks, kLanes, neighbour_kernel<true>, wrong.data()) == 0, "emulation errors");
+  for (unsigned b = 0; b < blocks; ++b) CHECK(wrong[b] == 0, "block %u: %d stale reads despite the barrier", b, wrong[b]);
+  std::fill(wrong.begin(), wrong.end(), 0);
+  CHECK(cuda_host_emulation::launch(blocks, kLanes, neighbour_kernel<false>, wrong.data()) == 0, "emulation errors");
+  for (unsigned b = 0; b < blocks; ++b) CHECK(wrong[b] > 0, "block %u: no stale read without the barrier", b);
+}
+
 // ---------------------------------------------------------------- pow2_round
 template <typename T>
 T pow2_glibc(T m) {  // the old CPU formula, with glibc's log2 (correctly rounded near the thresholds)
@@ -365,8 +395,11 @@ void test_backward(int64_t O, int64_t n) {
   }
   const T k = T(1.7), t = T(0.6);
   std::vector<X> out(O * n, X(-12345.f));
-  cuda_host_emulation::launch(static_cast<unsigned>(O), kLanes, irnet_cuda::libra::libra_pb_backward_kernel<X, T>,
-                              grad.data(), fwd.v.data(), inv_sigma.data(), scale.data(), &k, &t, out.data(), n);
+  const int errors =
+      cuda_host_emulation::launch(static_cast<unsigned>(O), kLanes, irnet_cuda::libra::libra_pb_backward_kernel<X, T>,
+                                  grad.data(), fwd.v.data(), inv_sigma.data(), scale.data(), &k, &t, out.data(), n);
+  CHECK(errors == 0, "libra_pb_backward_kernel<%s> O=%" PRId64 " n=%" PRId64 ": %d emulation errors", type_name<X>(),
+        O, n, errors);
   for (int64_t o = 0; o < O; ++o) {
     std::vector<double> gs(n);
     double sg = 0, sgv = 0, size = 0;
@@ -413,7 +446,7 @@ void test_all_for_type() {
   run("defect 3: constant channels are degenerate: " + t, test_constant_channels<X>);
   run("n = 2 (log2 mean|v| = -1/2, a tie): " + t, test_ties<X>);
   run("backward kernel against the closed form: " + t, [] {
-    test_backward<X>(3, 300);
+    test_backward<X>(5, 300);  // 5 blocks: every schedule order
     test_backward<X>(2, 1);
   });
 }
@@ -425,6 +458,7 @@ int main() {
   cuda_host_emulation::schedule_seed = seed ^ 0x9e3779b97f4a7c15ull;
   std::printf("test_libra_pb_emulation: seed %" PRIu64 " (IRNET_TEST_SEED=%" PRIu64 " replays it)\n", seed, seed);
 
+  run("emulator: a missing __syncthreads shows in every schedule order", test_emulator_catches_a_missing_barrier);
   run("pow2_round: ties, subnormals, NaN / Inf / negative give NaN", test_pow2_values);
   run("pow2_round == glibc log2 + nearbyint near every float32 threshold", [] {
     test_pow2_near_thresholds<float>(-149, 127, 1, 200);
