@@ -47,11 +47,19 @@ class PackedModel(nn.Module):
     The plan holds the model's own tensors, so in-place changes of them (``load_state_dict``
     copies in place) need nothing; ``.to()`` / ``.float()`` & co. drop the plan (it is built
     again at the next call), and so does a tensor replaced by assignment (checked at every
-    call).  Attribute access falls through to ``model`` (``packed.fc`` is ``packed.model.fc``)."""
+    call).  Attribute access falls through to ``model`` (``packed.fc`` is ``packed.model.fc``).
 
-    def __init__(self, model: nn.Module):
+    ``input_format`` (``torch.channels_last``, ``torch.contiguous_format``, or None: the
+    input's own) is the memory layout the network runs in: a 4-d input in another layout is
+    copied into it first (the logits have no layout).  ``convert`` picks the faster one for
+    the network (see ``irnet.deploy.convert``); set it to None to run in the input's layout."""
+
+    def __init__(self, model: nn.Module, input_format: torch.memory_format | None = None):
         super().__init__()
         self.model = model
+        # the layout the network runs in, whatever the input's (None: the input's own); the
+        # input is made so first, on every path, so the plan and the modules see one tensor
+        self.input_format = input_format
         self._plan = None
         self._plan_error = None  # why there is no plan, once building one failed
 
@@ -77,6 +85,9 @@ class PackedModel(nn.Module):
         return self._plan
 
     def forward(self, x):
+        fmt = self.input_format
+        if fmt is not None and type(x) is torch.Tensor and x.dim() == 4 and not x.is_contiguous(memory_format=fmt):
+            x = x.contiguous(memory_format=fmt)
         if (type(x) is torch.Tensor and x.dtype is torch.float32 and x.is_cpu and x.dim() == 4
                 and not (x.requires_grad and torch.is_grad_enabled()) and not getattr(_state, "depth", 0)
                 and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):
