@@ -235,12 +235,16 @@ def test_stray_tail_bits_are_ignored_like_the_reference(level):
     c = 70
     x, wt = rand_pm(2, c, 5, 5), rand_pm(4, c, 3, 3)
     xb, wb = ref.pack_bits(x), ref.pack_bits(wt)
-    junk = torch.tensor(-(1 << 40), dtype=torch.int64)  # bits 40..63 of the last word
-    xb2, wb2 = xb.clone(), wb.clone()
-    xb2[..., -1] |= junk
-    wb2[..., -1] |= junk
-    want = ref.xnor_conv2d_bits(xb2, wb2, None, c, (1, 1), (1, 1), (1, 1))
-    assert torch.equal(torch.ops.irnet.xnor_conv2d(xb2, wb2, None, c, [1, 1], [1, 1], [1, 1]), want)
+    # bits 40..63 of the last word; every bit past the 70 channels (the planes kernel's
+    # last 16-bit lane holds channels 64..79)
+    for junk_bits in (-(1 << 40), -(1 << (c % 64))):
+        junk = torch.tensor(junk_bits, dtype=torch.int64)
+        xb2, wb2 = xb.clone(), wb.clone()
+        xb2[..., -1] |= junk
+        wb2[..., -1] |= junk
+        want = ref.xnor_conv2d_bits(xb2, wb2, None, c, (1, 1), (1, 1), (1, 1))
+        assert torch.equal(want, ref.xnor_conv2d_bits(xb, wb, None, c, (1, 1), (1, 1), (1, 1)))
+        assert torch.equal(torch.ops.irnet.xnor_conv2d(xb2, wb2, None, c, [1, 1], [1, 1], [1, 1]), want)
     xl, wl = ref.pack_bits(rand_pm(3, c)), ref.pack_bits(rand_pm(5, c))
     xl2 = xl.clone()
     xl2[:, -1] |= junk

@@ -46,8 +46,13 @@ def main(argv=None):
     ap.add_argument("--only", nargs="*", default=None, help="layer names to keep")
     ap.add_argument("--level", default=None)
     ap.add_argument("--channels-last", action="store_true", help="channels_last output (and float input)")
+    ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                    help="thread: this thread's CPU time (1 thread only: robust to other processes' load)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.clock == "thread" and args.threads != 1:
+        ap.error("--clock thread measures only the calling thread: use it with --threads 1")
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
     if args.level:
         ops.set_cpu_simd_level(args.level)
     torch.manual_seed(0)
@@ -70,7 +75,8 @@ def main(argv=None):
                         xin, wb, scale, c, [s, s], [1, 1], [1, 1], args.channels_last))
                     for algo in args.algos:
                         calls[(name, n, kind, algo)] = fn
-    # calls per sample: enough for ~100 us
+    # calls per sample: enough for ~100 us (~1 ms with the thread clock, whose resolution is coarser)
+    target = 1e-3 if args.clock == "thread" else 1e-4
     reps = {}
     for key, fn in calls.items():
         ops.set_cpu_conv_algorithm(key[3])
@@ -78,7 +84,7 @@ def main(argv=None):
             fn()
         t0 = time.perf_counter()
         fn()
-        reps[key] = max(1, min(50, int(1e-4 / max(1e-7, time.perf_counter() - t0))))
+        reps[key] = max(1, min(200, int(target / max(1e-7, time.perf_counter() - t0))))
     samples = {k: [] for k in calls}
     order = list(calls)
     rng = random.Random(0)
@@ -87,12 +93,12 @@ def main(argv=None):
         for key in order:
             ops.set_cpu_conv_algorithm(key[3])
             fn, r = calls[key], reps[key]
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(r):
                 fn()
-            samples[key].append((time.perf_counter() - t0) / r * 1e6)
+            samples[key].append((clock() - t0) / r * 1e6)
     ops.set_cpu_conv_algorithm("auto")
-    print(f"level {ops.cpu_simd_level()}, {args.threads} threads, {args.rounds} rounds, "
+    print(f"level {ops.cpu_simd_level()}, {args.threads} threads, {args.clock} clock, {args.rounds} rounds, "
           f"{'channels_last' if args.channels_last else 'NCHW'} output; median us [p25-p75]")
     groups = {}
     for (name, n, kind, algo), v in samples.items():

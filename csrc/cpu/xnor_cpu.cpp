@@ -598,7 +598,8 @@ void run_conv_planes(ConvProblem& P, const Tensor& w_bits, const PlanesKernels* 
 // from x itself (1x1, stride 1, no padding, unsplit level) or from one zero-padded
 // stored-form copy of x made here (RowsLayout); conv_block's im2col rows (P.xs unset)
 // are the fallback the C++ unit test also checks.
-void run_conv(ConvProblem& P, const Tensor& w_bits, const Tensor& scale) {
+// planes: the caller's choice of the planes kernel (planes_for), or nullptr.
+void run_conv(ConvProblem& P, const Tensor& w_bits, const Tensor& scale, const PlanesKernels* planes) {
   const LevelKernels* k = current();
   TORCH_CHECK(P.C * P.kh * P.kw < (int64_t(1) << 31), "irnet::xnor_conv2d/xnor_linear: expected fewer than 2^31 terms ",
               "per dot product (in_channels * kh * kw), got ", P.C * P.kh * P.kw);
@@ -616,8 +617,7 @@ void run_conv(ConvProblem& P, const Tensor& w_bits, const Tensor& scale) {
     std::fill(factors.begin(), factors.begin() + P.O, 1.0f);
     P.ones = factors.data();
   }
-  // (float activations in P.xf: the caller chose the planes kernel, which packs them)
-  if (const PlanesKernels* planes = P.xf ? planes_kernels() : planes_for(P, k)) {
+  if (planes) {
     run_conv_planes(P, w_bits, planes);
     return;
   }
@@ -688,13 +688,15 @@ int64_t check_words(const char* op, const Tensor* x_bits, const char* x_unit, co
 // The common end of both ops once P's shape is set: the bits past P.C are masked in
 // both operands, then the one conv driver runs (a linear layer is a 1x1 conv).
 // (x_tail_clean: x_bits come from pack_bits_cpu here, whose tail bits are 0: no scan)
+// (The planes kernel reads only the in_channels bits of each pixel: no scan of x.)
 void run_packed(ConvProblem& P, const Tensor& x_bits, const Tensor& w_bits, const Tensor& s, Tensor& out,
                 bool x_tail_clean = false) {
-  const Tensor xc = x_tail_clean ? x_bits : masked_tail(x_bits.contiguous(), P.C);
+  const PlanesKernels* planes = planes_for(P, current());
+  const Tensor xc = x_tail_clean ? x_bits : planes ? x_bits.contiguous() : masked_tail(x_bits.contiguous(), P.C);
   const Tensor wc = masked_tail(w_bits.contiguous(), P.C);
   P.x = reinterpret_cast<const uint64_t*>(xc.const_data_ptr<int64_t>());
   P.out = out.data_ptr<float>();
-  run_conv(P, wc, s);
+  run_conv(P, wc, s, planes);
 }
 
 // The epilogue of irnet::xnor_conv2d_fused: y = clamp((y * alpha + beta) + residual, lo, hi).
@@ -774,11 +776,13 @@ Tensor conv2d_cpu(const char* op, const Tensor& x, const Tensor& w_bits, const s
   P.Ho = Ho, P.Wo = Wo;
   // float activations: packed here as pack_bits packs them (one op call less); the planes
   // kernel packs float32 NCHW activations straight into its planes (one pass less)
-  if (float_in && x.scalar_type() == at::kFloat && x.is_contiguous() && planes_for(P, current())) {
-    P.xf = x.const_data_ptr<float>();
-    P.out = out.data_ptr<float>();
-    run_conv(P, masked_tail(w_bits.contiguous(), P.C), s);
-    return out;
+  if (float_in && x.scalar_type() == at::kFloat && x.is_contiguous()) {
+    if (const PlanesKernels* planes = planes_for(P, current())) {
+      P.xf = x.const_data_ptr<float>();
+      P.out = out.data_ptr<float>();
+      run_conv(P, masked_tail(w_bits.contiguous(), P.C), s, planes);
+      return out;
+    }
   }
   run_packed(P, float_in ? pack_bits_cpu(x) : x, w_bits, s, out, float_in);
   return out;

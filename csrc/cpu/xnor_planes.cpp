@@ -26,7 +26,9 @@ IRNET_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // The register tile per lane width (tuned with the peak probe and the layers of
 // planes_kernels(); the weights are padded to whole tiles of kTileChannels).
 constexpr int kTileChannels = 8;  // OB
-constexpr int kTileVectors = 2;   // NV
+// NV: 2 vectors for 16-bit lanes, 3 otherwise
+constexpr int tile_vectors(int lane_bits) { return lane_bits == 16 ? 2 : 3; }
+constexpr int kMaxTileVectors = 3;
 
 // Matches a lane of L bits holds before it must be widened: at most L per step.
 constexpr int64_t max_steps(int L) { return L >= 32 ? (int64_t(1) << 40) : ((int64_t(1) << L) - 1) / L; }
@@ -46,7 +48,7 @@ PlanesLayout planes_layout(const ConvProblem& P) {
   Y.lane_bits = planes_lane_bits(P.C);
   Y.vec = 512 / Y.lane_bits;
   Y.ob = kTileChannels;
-  Y.nv = kTileVectors;
+  Y.nv = tile_vectors(Y.lane_bits);
   Y.G = plane_geometry(P, Y.lane_bits, Y.vec, int64_t(Y.vec) * Y.nv);
   Y.per_row = ceil_div(P.Wo, Y.vec);
   const int64_t grid_vectors = ceil_div(Y.G.Qn, Y.vec), row_vectors = P.Ho * Y.per_row;
@@ -158,7 +160,7 @@ void planes_tables(const ConvProblem& P, const PlanesLayout& Y, PlanesTables& ou
 namespace planes_avx512 {
 
 constexpr int OB = kTileChannels;
-constexpr int NV = kTileVectors;
+constexpr int NVMAX = kMaxTileVectors;
 
 // The lane width's element type, popcount and add, and the widening of a vector of
 // counts into int32 pieces of (up to) 16 positions: piece i holds positions 16i.. of the
@@ -207,46 +209,50 @@ struct Lane<64> {
   static IRNET_INLINE void pieces(__m512i a, __m512i* out) { out[0] = _mm512_castsi256_si512(_mm512_cvtepi64_epi32(a)); }
 };
 
-// Register tile: OB output channels x NVT vectors of V = 512/L grid positions.
-//   count[o][p][i] = sum over taps t, groups g of
-//                    popcount(~(x[g, t][p][i] ^ w[t, g, o]) & m[t][p][i])
-// x[p] / m[p]: the group-0 plane / the mask plane at vector p's first position; tap t of
-// group g at + xoff[t] + g * gstride (mask: + xoff[t]).  w: [K][OB] (planes_weights).
-// The dot in chunks of `chunk` taps (the L-bit lanes' capacity); the counts of all chunks
-// but the last are parked as int32 pieces in part[OB][NVT][kPieces][16].  At the end,
-// epi(o, p, pieces) gets the int32 count pieces of channel o, vector p, in registers.
 // The first n (clamped to [0, 16]) of 16 lanes.
 IRNET_INLINE __mmask16 first_lanes(int64_t n) {
   return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
 }
 
+// acc[o][p] = the L-bit lane counts of taps [t0, t1) (every group), see tile below.
 template <int L, int NVT>
 IRNET_INLINE void accumulate(const typename Lane<L>::elem* const* x, const typename Lane<L>::elem* const* m,
                              const int64_t* xoff, int64_t t0, int64_t t1, int64_t G, int64_t gstride,
                              const uint64_t* w, __m512i (&acc)[OB][NVT]) {
   using Ln = Lane<L>;
+  using E = typename Ln::elem;
+  const E* xs[NVT];  // (local copies: kept in registers)
+  const E* ms[NVT];
+#pragma GCC unroll 8
+  for (int p = 0; p < NVT; ++p) xs[p] = x[p], ms[p] = m[p];
 #pragma GCC unroll 16
   for (int o = 0; o < OB; ++o)
 #pragma GCC unroll 8
     for (int p = 0; p < NVT; ++p) acc[o][p] = _mm512_setzero_si512();
+  // one step: the lanes at element offset off against the weights wt[0, OB)
+  const auto step = [&](int64_t off, const __m512i* mv, const uint64_t* wt) __attribute__((always_inline)) {
+    __m512i xv[NVT];
+#pragma GCC unroll 8
+    for (int p = 0; p < NVT; ++p) xv[p] = _mm512_loadu_si512(xs[p] + off);
+#pragma GCC unroll 16
+    for (int o = 0; o < OB; ++o) {
+      const __m512i wb = _mm512_set1_epi64(static_cast<long long>(wt[o]));
+#pragma GCC unroll 8
+      for (int p = 0; p < NVT; ++p)
+        acc[o][p] = Ln::add(acc[o][p], Ln::popcnt(_mm512_ternarylogic_epi64(xv[p], wb, mv[p], 0x82)));
+    }
+  };
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t off = xoff[t];
     __m512i mv[NVT];
 #pragma GCC unroll 8
-    for (int p = 0; p < NVT; ++p) mv[p] = _mm512_loadu_si512(m[p] + off);
+    for (int p = 0; p < NVT; ++p) mv[p] = _mm512_loadu_si512(ms[p] + off);
     const uint64_t* wt = w + t * G * OB;
-    for (int64_t g = 0; g < G; ++g, wt += OB) {
-      __m512i xv[NVT];
-#pragma GCC unroll 8
-      for (int p = 0; p < NVT; ++p) xv[p] = _mm512_loadu_si512(x[p] + off + g * gstride);
-#pragma GCC unroll 16
-      for (int o = 0; o < OB; ++o) {
-        const __m512i wb = _mm512_set1_epi64(static_cast<long long>(wt[o]));
-#pragma GCC unroll 8
-        for (int p = 0; p < NVT; ++p)
-          acc[o][p] = Ln::add(acc[o][p], Ln::popcnt(_mm512_ternarylogic_epi64(xv[p], wb, mv[p], 0x82)));
-      }
+    if (G == 1) {  // (up to 64 channels: no group loop)
+      step(off, mv, wt);
+      continue;
     }
+    for (int64_t g = 0; g < G; ++g, wt += OB) step(off + g * gstride, mv, wt);
   }
 }
 
@@ -297,18 +303,6 @@ IRNET_INLINE void tile(const typename Lane<L>::elem* const* x, const typename La
   }
 }
 
-// The tile for the last nv <= NV vectors of a block.
-template <int L, int NVT, class Epi>
-IRNET_INLINE void tile_vectors(int nv, const typename Lane<L>::elem* const* x, const typename Lane<L>::elem* const* m,
-                               const int64_t* xoff, int64_t T, int64_t G, int64_t gstride, int64_t chunk,
-                               const uint64_t* w, int32_t* part, Epi& epi) {
-  if (nv == NVT) {
-    tile<L, NVT>(x, m, xoff, T, G, gstride, chunk, w, part, epi);
-  } else if constexpr (NVT > 1) {
-    tile_vectors<L, NVT - 1>(nv, x, m, xoff, T, G, gstride, chunk, w, part, epi);
-  }
-}
-
 // dst[j] = src[j], j < n (a run of y: shorter than a libc call's overhead)
 IRNET_INLINE void copy_run(const float* src, float* dst, int64_t n) {
   for (int64_t j = 0; j < n; j += 16) {
@@ -320,10 +314,81 @@ IRNET_INLINE void copy_run(const float* src, float* dst, int64_t n) {
 // Runs per vector that the NCHW epilogue stores directly (more: staged and copied).
 constexpr int kMaxRuns = 4;
 
-// scratch: part [OB][NV][64] int32, y [channels][kBlock] float
-constexpr int64_t kBlock = int64_t(NV) * 64 + 16;  // a y row: the positions of NV vectors, at most (+ a piece)
+// scratch: part [OB][NVMAX][64] int32, y [channels][kBlock] float
+constexpr int64_t kBlock = int64_t(NVMAX) * 64 + 16;  // a y row: the positions of a tile's vectors, at most (+ a piece)
 int64_t scratch_bytes(const PlanesLayout&, int64_t channels) {
-  return int64_t(sizeof(int32_t)) * OB * NV * 64 + int64_t(sizeof(float)) * channels * kBlock + 64;
+  return int64_t(sizeof(int32_t)) * OB * NVMAX * 64 + int64_t(sizeof(float)) * channels * kBlock + 64;
+}
+
+// How the epilogue stores y: NCHW straight to the output, one run per vector (vectors at
+// row starts) or up to kMaxRuns; or staged (channels_last, or more runs per vector).
+enum StoreMode { kOneRun, kRuns, kStaged };
+
+// One register-tile block: vectors [v, v + NVT) of the image whose planes start at xim,
+// output channels [0, nch) (nch <= OB) of the tile whose weights are w and scales scale;
+// y of channel o goes to out + o * step: into the vectors' output runs (direct modes, out
+// = the tile's first output plane) or to block position p * V + i (kStaged).  Everything
+// the epilogue reads is local here, so that it stays in registers across its stores.
+template <int L, int MODE, int NVT>
+void block(const PlanesTables& Tb, const typename Lane<L>::elem* xim, int64_t v, int64_t T, int64_t G,
+           int64_t gstride, int64_t chunk, const uint64_t* w, const float* scale, int64_t nch, float* out,
+           int64_t step, int32_t* part) {
+  using E = typename Lane<L>::elem;
+  constexpr int V = 512 / L, NP = Lane<L>::kPieces;
+  constexpr int RUNS = MODE == kRuns ? kMaxRuns : 1;
+  constexpr __mmask16 kPieceLanes = V >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << V) - 1);  // a piece's positions
+  const E* mask = reinterpret_cast<const E*>(Tb.mask.data());
+  const E* xp[NVT];
+  const E* mp[NVT];
+  const float* kin[NVT];            // each vector's K_in
+  int nrun[NVT];                    // its runs (kOneRun, kStaged: one)
+  float* dst[NVT][RUNS];            // where lane 0 of run r's vector goes (channel 0)
+  __mmask16 keep[NVT][RUNS][NP];    // which lanes of each piece belong to run r
+  for (int p = 0; p < NVT; ++p) {
+    const int64_t q = Tb.vq[v + p];
+    xp[p] = xim + q;
+    mp[p] = mask + q;
+    kin[p] = Tb.kin.data() + q;
+    if constexpr (MODE == kStaged) {
+      nrun[p] = 1;
+      dst[p][0] = out + p * V;
+      for (int i = 0; i < NP; ++i) keep[p][0][i] = kPieceLanes;
+    } else {
+      const int64_t r0 = Tb.run_begin[v + p];
+      nrun[p] = int(Tb.run_begin[v + p + 1] - r0);
+      for (int r = 0; r < nrun[p]; ++r) {
+        const PlanesRun& R = Tb.runs[r0 + r];
+        dst[p][r] = out + (R.m - R.i0);  // (masked stores: lanes outside the run touch no memory)
+        for (int i = 0; i < NP; ++i) keep[p][r][i] = first_lanes(R.i0 + R.len - 16 * i) & ~first_lanes(R.i0 - 16 * i);
+      }
+    }
+  }
+  const __m512 two = _mm512_set1_ps(2.0f);
+  const auto epi = [&](int o, int p, const __m512i* c) __attribute__((always_inline)) {
+    if (o >= nch) return;  // channels past O (weight rows padded to whole tiles)
+    const __m512 s = _mm512_set1_ps(scale[o]);
+#pragma GCC unroll 4
+    for (int i = 0; i < NP; ++i) {
+      const __m512 d =
+          _mm512_fmsub_ps(_mm512_cvtepi32_ps(c[i]), two, _mm512_maskz_loadu_ps(kPieceLanes, kin[p] + 16 * i));
+      const __m512 y = _mm512_mul_ps(d, s);
+      const int runs_p = MODE == kRuns ? nrun[p] : 1;
+      for (int r = 0; r < runs_p; ++r) _mm512_mask_storeu_ps(dst[p][r] + o * step + 16 * i, keep[p][r][i], y);
+    }
+  };
+  tile<L, NVT>(xp, mp, Tb.xoff.data(), T, G, gstride, chunk, w, part, epi);
+}
+
+// block() for the last nv <= NVT vectors of an image's vectors.
+template <int L, int MODE, int NVT>
+IRNET_INLINE void block_vectors(int nv, const PlanesTables& Tb, const typename Lane<L>::elem* xim, int64_t v,
+                                int64_t T, int64_t G, int64_t gstride, int64_t chunk, const uint64_t* w,
+                                const float* scale, int64_t nch, float* out, int64_t step, int32_t* part) {
+  if (nv == NVT) {
+    block<L, MODE, NVT>(Tb, xim, v, T, G, gstride, chunk, w, scale, nch, out, step, part);
+  } else if constexpr (NVT > 1) {
+    block_vectors<L, MODE, NVT - 1>(nv, Tb, xim, v, T, G, gstride, chunk, w, scale, nch, out, step, part);
+  }
 }
 
 // Vectors [v0, v1) of image n, output channels [o0, o1).  The tile's epilogue turns the
@@ -331,117 +396,71 @@ int64_t scratch_bytes(const PlanesLayout&, int64_t channels) {
 //   y = fmsub(float(count), 2, float(K_in)) * scale
 // (the FMA rounds once the exact integer 2 * count - K_in, |.| < 2^24: exactly float(dot);
 // then the one rounding of the product, as the other kernels) and stores them:
-//  * NCHW output, vectors at row starts: each vector is one run of its output row, stored
-//    straight from the registers (the row's last vector masked);
-//  * NCHW output, grid vectors: staged in y, then each run of an output row copied;
-//    (both: channel tiles outer, vector blocks inner; a channel's run is one store);
-//  * channels_last: vector blocks outer; every channel of a block staged in y, then 8
-//    pixels x 8 channels at a time transposed into the pixels.
+//  * NCHW output (kOneRun, kRuns): straight from the registers into the output runs, a
+//    piece of 16 positions as one masked store per run it overlaps; channel tiles outer,
+//    vector blocks inner;
+//  * channels_last, or NCHW with more than kMaxRuns runs in a vector (kStaged): vector
+//    blocks outer, every channel of a block staged in y, then copied run by run (NCHW) or
+//    8 pixels x 8 channels at a time transposed into the pixels (channels_last).
 // The fused epilogue runs on each run just written (in cache).
-// How the epilogue stores y: NCHW straight to the output, one run per vector (vectors at
-// row starts) or up to kMaxRuns; or staged (channels_last, or more runs per vector).
-enum StoreMode { kOneRun, kRuns, kStaged };
-
 template <int L, int MODE>
 void conv_block_lanes(const PlanesProblem& Q, int64_t n, int64_t v0, int64_t v1, int64_t o0, int64_t o1,
                       void* scratch) {
   using E = typename Lane<L>::elem;
-  constexpr int V = 512 / L, NP = Lane<L>::kPieces;
+  constexpr int V = 512 / L, NV = tile_vectors(L);
   const ConvProblem& P = *Q.P;
   const PlanesLayout& Y = Q.Y;
   const PlanesTables& Tb = *Q.tables;
-  const int64_t T = Y.G.T, G = Y.G.groups, K = Y.G.K, gstride = Y.G.S * Y.G.plane;
+  const int64_t T = Y.G.T, G = Y.G.groups, K = Y.G.K, gstride = Y.G.S * Y.G.plane, chunk = Y.chunk_taps;
   const int64_t O = P.O, HWo = P.Ho * P.Wo, nch = o1 - o0;
   auto* base = static_cast<unsigned char*>(scratch);
   base += (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
   int32_t* part = reinterpret_cast<int32_t*>(base);
-  float* ybuf = reinterpret_cast<float*>(part + OB * NV * 64);
+  float* ybuf = reinterpret_cast<float*>(part + OB * NVMAX * 64);
   const E* xim = static_cast<const E*>(Q.planes) + n * Y.G.image;
-  const E* mask = reinterpret_cast<const E*>(Tb.mask.data());
-  const int64_t* xoff = Tb.xoff.data();
   const PlanesRun* runs = Tb.runs.data();
   const int64_t* run_begin = Tb.run_begin.data();
-  // NCHW: y straight to the output runs (a vector's piece of 16 positions is one masked
-  // store per run it overlaps), unless a vector holds more than kMaxRuns runs
-  constexpr bool direct = MODE != kStaged;
-  constexpr __mmask16 kPieceLanes = V >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << V) - 1);  // a piece's positions
-  const __m512 two = _mm512_set1_ps(2.0f);
-  const E* xp[NV];
-  const E* mp[NV];
-  const float* kin[NV];            // each vector's K_in
-  int nrun[NV];                    // its runs (staged: one, the whole vector)
-  float* dst[NV][kMaxRuns];        // where lane 0 of run r's vector would go (channel 0 of the tile)
-  __mmask16 keep[NV][kMaxRuns][NP];  // which lanes of each piece belong to run r
-  int64_t dst_step = 0;            // from one channel's dst to the next
-  int64_t ot = 0;                  // the channel tile
-  const auto epi = [&](int o, int p, const __m512i* c) __attribute__((always_inline)) {
-    if (ot + o >= o1) return;  // channels past O (weight rows padded to whole tiles)
-    const __m512 s = _mm512_set1_ps(Q.scale[ot + o]);
-#pragma GCC unroll 4
-    for (int i = 0; i < NP; ++i) {
-      const __m512 d = _mm512_fmsub_ps(_mm512_cvtepi32_ps(c[i]), two, _mm512_maskz_loadu_ps(kPieceLanes, kin[p] + 16 * i));
-      const __m512 y = _mm512_mul_ps(d, s);
-      const int runs_p = MODE == kRuns ? nrun[p] : 1;
-      for (int r = 0; r < runs_p; ++r) _mm512_mask_storeu_ps(dst[p][r] + o * dst_step + 16 * i, keep[p][r][i], y);
-    }
+  // the block of vectors [v, v + nv) for channel tile ot, y to out + channel * step
+  auto run = [&](int64_t v, int nv, int64_t ot, float* out, int64_t step) {
+    const uint64_t* w = Q.w + (ot / OB) * K * OB;
+    const int64_t tile_ch = o1 - ot < OB ? o1 - ot : OB;
+    block_vectors<L, MODE, NV>(nv, Tb, xim, v, T, G, gstride, chunk, w, Q.scale + ot, tile_ch, out, step, part);
   };
-  // the tile on vectors [v, v + nv), channel tile ot; y to the runs of `out` + channel *
-  // step (direct) or to block positions of `out` (staged)
-  auto block = [&](int64_t v, int nv, float* out, int64_t step) {
-    dst_step = step;
-    for (int p = 0; p < nv; ++p) {
-      const int64_t q = Tb.vq[v + p];
-      xp[p] = xim + q;
-      mp[p] = mask + q;
-      kin[p] = Tb.kin.data() + q;
-      if (direct) {
-        nrun[p] = int(run_begin[v + p + 1] - run_begin[v + p]);
-        for (int r = 0; r < nrun[p]; ++r) {
-          const PlanesRun& R = runs[run_begin[v + p] + r];
-          dst[p][r] = out + (R.m - R.i0);  // (masked stores: lanes outside the run touch no memory)
-          for (int i = 0; i < NP; ++i) keep[p][r][i] = first_lanes(R.i0 + R.len - 16 * i) & ~first_lanes(R.i0 - 16 * i);
-        }
-      } else {
-        nrun[p] = 1;
-        dst[p][0] = out + p * V;
-        for (int i = 0; i < NP; ++i) keep[p][0][i] = first_lanes(V - 16 * i);
-      }
-    }
-    tile_vectors<L, NV>(nv, xp, mp, xoff, T, G, gstride, Y.chunk_taps, Q.w + (ot / OB) * K * OB, part, epi);
-  };
-  if (!P.out_cl) {
-    for (ot = o0; ot < o1; ot += OB)
+  if (MODE != kStaged) {
+    for (int64_t ot = o0; ot < o1; ot += OB)
       for (int64_t v = v0; v < v1; v += NV) {
         const int nv = int(v1 - v < NV ? v1 - v : NV);
         float* plane0 = P.out + (n * O + ot) * HWo;  // channel ot's output plane of image n
-        if (direct)
-          block(v, nv, plane0, HWo);
-        else
-          block(v, nv, ybuf, kBlock);
-        if (direct && !P.alpha) continue;
-        for (int p = 0; p < nv; ++p)
-          for (int64_t r = run_begin[v + p]; r < run_begin[v + p + 1]; ++r) {
-            const PlanesRun& R = runs[r];
-            for (int64_t o = ot; o < ot + OB && o < o1; ++o) {
-              float* y = plane0 + (o - ot) * HWo + R.m;
-              if (!direct) copy_run(ybuf + (o - ot) * kBlock + p * V + R.i0, y, R.len);
-              if (P.alpha) {
-                const int64_t at = y - P.out;
-                fused_run(y, P.residual ? P.residual + at : nullptr, R.len, P.alpha[o], P.beta[o], P.lo, P.hi);
-              }
-            }
+        run(v, nv, ot, plane0, HWo);
+        if (!P.alpha) continue;
+        for (int64_t r = run_begin[v]; r < run_begin[v + nv]; ++r)
+          for (int64_t o = ot; o < ot + OB && o < o1; ++o) {
+            float* y = plane0 + (o - ot) * HWo + runs[r].m;
+            const int64_t at = y - P.out;
+            fused_run(y, P.residual ? P.residual + at : nullptr, runs[r].len, P.alpha[o], P.beta[o], P.lo, P.hi);
           }
       }
     return;
   }
   for (int64_t v = v0; v < v1; v += NV) {
     const int nv = int(v1 - v < NV ? v1 - v : NV);
-    for (ot = o0; ot < o1; ot += OB) block(v, nv, ybuf + (ot - o0) * kBlock, kBlock);
+    for (int64_t ot = o0; ot < o1; ot += OB) run(v, nv, ot, ybuf + (ot - o0) * kBlock, kBlock);
     for (int p = 0; p < nv; ++p)
       for (int64_t r = run_begin[v + p]; r < run_begin[v + p + 1]; ++r) {
         const PlanesRun& R = runs[r];
-        float* row = P.out + (n * HWo + R.m) * O + o0;  // the run's first pixel
         const float* y = ybuf + p * V + R.i0;
+        if (!P.out_cl) {  // NCHW, many runs per vector: each channel's run copied
+          for (int64_t o = o0; o < o1; ++o) {
+            float* dst = P.out + (n * O + o) * HWo + R.m;
+            copy_run(y + (o - o0) * kBlock, dst, R.len);
+            if (P.alpha) {
+              const int64_t at = dst - P.out;
+              fused_run(dst, P.residual ? P.residual + at : nullptr, R.len, P.alpha[o], P.beta[o], P.lo, P.hi);
+            }
+          }
+          continue;
+        }
+        float* row = P.out + (n * HWo + R.m) * O + o0;  // the run's first pixel
         int64_t j = 0;
         for (; j + 8 <= R.len; j += 8) {
           int64_t c = 0;
@@ -483,25 +502,28 @@ void conv_block(const PlanesProblem& Q, int64_t n, int64_t v0, int64_t v1, int64
 
 // ---------------------------------------------------------------- the planes
 // Elements of group g (channels [c0, c0 + L)) for the W pixels of input row h of image n,
-// into dst[0, W): from the packed bits, the L bits at c0 of each pixel's words.
+// into dst[0, W): from the packed bits, the L bits at c0 of each pixel's words, those of
+// channels past C cleared (the weights' are set: a stray input bit there would match).
 template <int L>
 void row_elements_packed(const ConvProblem& P, int64_t n, int64_t h, int64_t g, typename Lane<L>::elem* dst) {
   using E = typename Lane<L>::elem;
   const int64_t words = P.words, c0 = g * L, W = P.W;
   const uint64_t* src = P.x + (n * P.H + h) * W * words + c0 / 64;
   const int shift = int(c0 % 64);
+  const uint64_t valid = P.C - c0 >= L ? ~uint64_t(0) : (uint64_t(1) << (P.C - c0)) - 1;
   int64_t w = 0;
-  if (words == 1) {  // 8 pixels at a time: shift, then VPMOVQ{B,W,D} keeps each word's low L bits
+  if (words == 1) {  // 8 pixels at a time: shift, mask, then VPMOVQ{B,W,D} keeps each word's low L bits
     const __m128i sh = _mm_cvtsi32_si128(shift);
+    const __m512i keep = _mm512_set1_epi64(static_cast<long long>(valid));
     for (; w + 8 <= W; w += 8) {
-      const __m512i v = _mm512_srl_epi64(_mm512_loadu_si512(src + w), sh);
+      const __m512i v = _mm512_and_si512(_mm512_srl_epi64(_mm512_loadu_si512(src + w), sh), keep);
       if constexpr (L == 8) _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + w), _mm512_cvtepi64_epi8(v));
       if constexpr (L == 16) _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + w), _mm512_cvtepi64_epi16(v));
       if constexpr (L == 32) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + w), _mm512_cvtepi64_epi32(v));
       if constexpr (L == 64) _mm512_storeu_si512(dst + w, v);
     }
   }
-  for (; w < W; ++w) dst[w] = E(src[w * words] >> shift);
+  for (; w < W; ++w) dst[w] = E((src[w * words] >> shift) & valid);
 }
 
 // The same from float32 NCHW activations, bit c of a pixel's element = x[n, c0 + c, h, w] < 0
@@ -646,7 +668,7 @@ void prep_planes(const ConvProblem& P, const PlanesLayout& Y, int64_t u0, int64_
 template <int L>
 int64_t peak_probe_lanes(int64_t steps, int64_t iters, uint64_t* sink) {
   using E = typename Lane<L>::elem;
-  constexpr int V = 512 / L, NP = Lane<L>::kPieces;
+  constexpr int V = 512 / L, NP = Lane<L>::kPieces, NV = tile_vectors(L);
   constexpr int64_t kElems = 4096 / sizeof(E), kSize = kElems + 64 + NV * V;
   E* x = new E[kSize];
   E* m = new E[kSize];
