@@ -40,7 +40,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--algos", nargs="+", default=["popcount", "planes"])
+    ap.add_argument("--algos", nargs="+", default=["popcount", "planes"],
+                    help="conv algorithms, each optionally at a SIMD level: popcount, planes, avx2:lut, ...")
     ap.add_argument("--input", nargs="+", default=["packed"], choices=["packed", "float"])
     ap.add_argument("--layers", nargs="+", default=["resnet20"])
     ap.add_argument("--only", nargs="*", default=None, help="layer names to keep")
@@ -55,6 +56,12 @@ def main(argv=None):
     clock = time.thread_time if args.clock == "thread" else time.perf_counter
     if args.level:
         ops.set_cpu_simd_level(args.level)
+    default_level = ops.cpu_simd_level()
+
+    def use(algo):  # "[level:]algorithm"
+        level, _, name = algo.rpartition(":")
+        ops.set_cpu_simd_level(level or default_level)
+        ops.set_cpu_conv_algorithm(name)
     torch.manual_seed(0)
     calls = {}
     for net in args.layers:
@@ -79,7 +86,7 @@ def main(argv=None):
     target = 1e-3 if args.clock == "thread" else 1e-4
     reps = {}
     for key, fn in calls.items():
-        ops.set_cpu_conv_algorithm(key[3])
+        use(key[3])
         for _ in range(3):
             fn()
         t0 = time.perf_counter()
@@ -91,13 +98,13 @@ def main(argv=None):
     for _ in range(args.rounds):
         rng.shuffle(order)
         for key in order:
-            ops.set_cpu_conv_algorithm(key[3])
+            use(key[3])
             fn, r = calls[key], reps[key]
             t0 = clock()
             for _ in range(r):
                 fn()
             samples[key].append((clock() - t0) / r * 1e6)
-    ops.set_cpu_conv_algorithm("auto")
+    use("auto")
     print(f"level {ops.cpu_simd_level()}, {args.threads} threads, {args.clock} clock, {args.rounds} rounds, "
           f"{'channels_last' if args.channels_last else 'NCHW'} output; median us [p25-p75]")
     groups = {}

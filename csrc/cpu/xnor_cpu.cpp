@@ -433,9 +433,31 @@ const LutKernels* lut_for(const ConvProblem& P, const LevelKernels* k) {
   return algo == kAlgoLut || prefers_lut(P, G) ? lut : nullptr;
 }
 
-// "auto" at the AVX-512 level: the planes kernel where it beats the popcount tile (see
-// the measurements in xnor_planes.cpp).
-bool prefers_planes(const ConvProblem& P) { return P.C <= 64; }
+// "auto" at the AVX-512 level: the planes kernel where its expected gain over the popcount
+// tile,
+//   gain = useful * (64 * words) / (G * L)
+// (useful: the share of its computed grid positions that are real outputs; the second
+// factor: the bits a tap reads in the popcount tile, whole 64-bit words, over those in
+// the planes kernel, whole L-bit lanes) reaches 0.95 for NCHW output, 1.5 for
+// channels_last (whose transposes cost the planes kernel more than the popcount tile's
+// natural pixel-major stores).  Interleaved A/B, planes / popcount speed, 1 thread,
+// thread CPU time, packed input, 3x3, pad 1, 2-core Xeon (Sapphire Rapids, AVX-512
+// VPOPCNTDQ/BITALG), batch 1 / 16:
+//   NCHW  16@32 (gain 4) 2.98 / 5.77; 32@16 (2) 1.81 / 2.62; 64@8 (1) 1.28 / 1.23;
+//         16->32 s2 (3.6) 1.76 / 2.33; 32->64 s2 (1.6) 1.18 / 1.39; 128@32 (1) 1.17 / 1.27;
+//         256@16 (1) 1.08 / 1.07; 512@8 (1) 1.05 / 1.07; 64@56 (1) 1.32 / 1.74;
+//         64->128@56 s2 (0.96) 1.08 / 1.16; 128@28 (0.93) 0.97 / 1.06;
+//         256@14 (0.875) 0.99 / 0.97; 512@7 (0.875) 0.96 / 0.97; 512@4 (0.67) 0.72 / 0.71;
+//   channels_last  16@32 1.95 / 2.60; 32@16 1.45 / 1.72; 16->32 s2 1.50 / 1.86;
+//         32->64 s2 1.18 / 1.12; 64@8 1.16 / 0.95; 128@32 0.94 / 0.84; 512@8 0.97 / 0.96;
+//         64@56 0.93 / 0.78; 128@28 0.85 / 0.80.
+// (A linear layer, one position per image, has useful = 1 / V: never.)
+bool prefers_planes(const ConvProblem& P) {
+  const PlanesLayout Y = planes_layout(P);
+  const double useful = double(P.Ho * P.Wo) / double(Y.vectors * Y.vec);
+  const double gain = useful * double(64 * P.words) / double(Y.G.groups * Y.lane_bits);
+  return gain >= (P.out_cl ? 1.5 : 0.95);
+}
 
 // The planes kernel for this problem, or nullptr: at the AVX-512 level only, where the
 // CPU has BITALG, the padded planes stay within a few times the input and output, and as

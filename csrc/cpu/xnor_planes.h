@@ -26,19 +26,33 @@
 // bound here (the three vector ALU ops per (channel, vector) on ports 0 and 5 are) while
 // the correction would cost a per-position gather in the epilogue.)
 //
-// Register tile: OB output channels x NV position vectors, OB * NV accumulators; per step
-// NV loads of x and m (shared by the OB channels) and OB broadcasts (shared by the NV
-// vectors).  Lanes of L = 8 and 16 bits overflow (at most L matches per step): their
-// counts are widened into int32 every floor((2^L - 1) / L) steps (31 and 4095).
-// The output: every vector's positions are runs of output columns of one or more output
-// rows (the grid's Wq - Wo columns past a row's end are computed and dropped); NCHW output
-// gets each run as one contiguous store per channel, channels_last output a transpose.
-// Vectors start either every V grid positions (the grid) or at every output row's start
-// (ho * Wq + j * V): the second computes Ho * ceil(Wo / V) * V positions instead of
-// ceil(Qn / V) * V, all useful when V divides Wo (ResNet-20's 32x32 rows with 16 channels,
-// 16x16 with 32, 8x8 with 64); planes_layout takes the one with fewer vectors.
+// Register tile: OB = 8 output channels x NV position vectors (NV = 2 for 16-bit lanes, 3
+// otherwise), OB * NV accumulators; per step NV loads of x and m (shared by the OB channels)
+// and OB broadcasts (shared by the NV vectors), 3 * OB * NV vector ALU ops.  (Tried on the
+// ResNet-20 / VGG layers: 4x4, 4x6, 6x4, 8x3, 12x2, 16x1, 16x2; 8x2 was best for 16-bit
+// lanes, 8x3 for 32 and 64 bits, by 5-15%.)  Lanes of L = 8 and 16 bits overflow (at most L
+// matches per step): their counts are widened into int32 every floor((2^L - 1) / L) steps
+// (31 and 4095 taps at one group).
+// The epilogue works on the counts in registers: y = (2 * float(count) - K_in) * scale, the
+// first two terms as one FMA (exact: an integer below 2^24), the product rounded once as
+// in the other kernels.  Every vector's positions are runs of output columns of one or
+// more output rows (the grid's Wq - Wo columns past a row's end are computed and dropped);
+// NCHW output gets each run as a masked store per 16 positions straight from the
+// registers, channels_last output a staged 8 x 8 transpose.  Vectors start either every V
+// grid positions (the grid) or at every output row's start (ho * Wq + j * V): the second
+// computes Ho * ceil(Wo / V) * V positions instead of ceil(Qn / V) * V, all useful when V
+// divides Wo (ResNet-20's 32x32 rows with 16 channels, 16x16 with 32, 8x8 with 64);
+// planes_layout takes the one with fewer vectors.
 //
-// Measured on this machine (see planes_kernels() in xnor_planes.cpp for the figures).
+// Measured on a 2-core Intel Xeon (Sapphire Rapids, AVX-512 VPOPCNTDQ/BITALG, KVM), one
+// thread: the peak probes (max of 80 short runs) reach 1.10 / 1.29 / 1.31 / 1.26 T binary
+// MAC/s with 8 / 16 / 32 / 64-bit lanes at 144 steps a dot (0.76 / 0.98 / 1.18 / 1.14 at
+// 9 steps, the 3x3 taps of one group: the epilogue's share), the popcount tile 1.31 at 64
+// words a dot (1.06 at 9).  As whole ops (packed input, NCHW, interleaved A/B, thread CPU
+// time, medians), against the popcount tile: ResNet-20 16@32 8.5 vs 25.2 us at batch 1
+// (2.98x; ~4.5 us of either is the op's call overhead) and 59 vs 341 us at batch 16
+// (5.8x); 32@16 7.7 vs 13.8 (1.8x) and 45 vs 118 (2.6x); 64@8 1.28x / 1.23x; see
+// prefers_planes in xnor_cpu.cpp for every layer measured and the rule "auto" follows.
 #pragma once
 
 #include <cstdint>
