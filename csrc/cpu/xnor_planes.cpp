@@ -7,7 +7,6 @@
 #include <cstring>
 
 #include "core/conv_geometry.h"
-#include "cpu/avx2_transpose.h"
 #include "cpu/fused_epilogue.h"
 
 #if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
@@ -311,6 +310,42 @@ IRNET_INLINE void copy_run(const float* src, float* dst, int64_t n) {
   }
 }
 
+// The channels_last store of staged y: out[j * stride + k] = y[k * ld + j] for k < nc <= 8
+// channels and j < np <= 16 pixels, 16 x 8 at a time in registers: 8 unpacks of float
+// pairs and 8 of 64-bit pairs leave u[a] (channels 0-3) and u[a + 4] (4-7) holding pixel
+// 4l + a in 128-bit lane l; 8 two-source permutes then put pixels a and a + 4 (and a + 8,
+// a + 12) side by side, 8 channels each, stored as two masked halves.  (24 shuffles per
+// 128 values, against 24 per 64 in the AVX2 8 x 8 transpose.)
+IRNET_INLINE void transpose_store(const float* y, int64_t ld, int nc, int np, float* out, int64_t stride) {
+  const __mmask16 kp = first_lanes(np);
+  __m512 r[8];
+  for (int k = 0; k < 8; ++k) r[k] = k < nc ? _mm512_maskz_loadu_ps(kp, y + k * ld) : _mm512_setzero_ps();
+  __m512 t[8], u[8];
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = _mm512_unpacklo_ps(r[k], r[k + 1]);      // lane l: k[4l] k+1[4l] k[4l+1] k+1[4l+1]
+    t[k + 1] = _mm512_unpackhi_ps(r[k], r[k + 1]);  // lane l: k[4l+2] k+1[4l+2] k[4l+3] k+1[4l+3]
+  }
+  for (int h = 0; h < 8; h += 4)
+    for (int e = 0; e < 2; ++e) {  // u[a]: pixel 4l + a of channels h..h+3, a = 2e, 2e + 1
+      const __m512d lo = _mm512_castps_pd(t[h + e]), hi = _mm512_castps_pd(t[h + 2 + e]);
+      u[h / 4 * 4 + 2 * e] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo, hi));
+      u[h / 4 * 4 + 2 * e + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo, hi));
+    }
+  const __m512i pick[2] = {_mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23),
+                           _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31)};
+  const __mmask8 kc = __mmask8((1u << nc) - 1);
+  for (int a = 0; a < 4; ++a)
+    for (int h = 0; h < 2; ++h) {  // pixels 8h + a (lanes 0-7) and 8h + 4 + a (lanes 8-15)
+      const __m512 w = _mm512_permutex2var_ps(u[a], pick[h], u[a + 4]);
+      const int p0 = 8 * h + a, p1 = p0 + 4;
+      // (256-bit stores: a 512-bit masked store reaching into the previous pixel's line
+      // was 3x slower here)
+      if (p0 < np) _mm256_mask_storeu_ps(out + p0 * stride, kc, _mm512_castps512_ps256(w));
+      if (p1 < np)
+        _mm256_mask_storeu_ps(out + p1 * stride, kc, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(w), 1)));
+    }
+}
+
 // Runs per vector that the NCHW epilogue stores directly (more: staged and copied).
 constexpr int kMaxRuns = 4;
 
@@ -324,25 +359,47 @@ int64_t scratch_bytes(const PlanesLayout&, int64_t channels) {
 // row starts) or up to kMaxRuns; or staged (channels_last, or more runs per vector).
 enum StoreMode { kOneRun, kRuns, kStaged };
 
+// A channel tile's weights and where its y go (block below).
+struct TileOut {
+  const uint64_t* w = nullptr;  // the tile's weights (planes_weights)
+  const float* scale = nullptr; // its channels' scales
+  int64_t nch = 0;              // its channels (< OB: the last tile of a layer)
+  float* out = nullptr;         // y of channel o: out + o * step (+ the run's offset in the direct modes)
+  int64_t step = 0;
+  // the fused epilogue (direct modes), where alpha is set: clamp((y * alpha + beta) + res),
+  // res (if set) laid out like out
+  const float* alpha = nullptr;
+  const float* beta = nullptr;
+  const float* res = nullptr;
+  float lo = 0.0f, hi = 0.0f;
+};
+
 // One register-tile block: vectors [v, v + NVT) of the image whose planes start at xim,
-// output channels [0, nch) (nch <= OB) of the tile whose weights are w and scales scale;
-// y of channel o goes to out + o * step: into the vectors' output runs (direct modes, out
-// = the tile's first output plane) or to block position p * V + i (kStaged).  Everything
-// the epilogue reads is local here, so that it stays in registers across its stores.
+// the channel tile of `to`: y into the vectors' output runs (direct modes, to.out = the
+// tile's first output plane) or to block position p * V + i (kStaged), with the fused
+// epilogue in the registers (direct modes) as fused_value in cpu/fused_epilogue.h: the
+// multiply, the add, the residual's add each rounded, then x < lo -> lo, x > hi -> hi
+// (NaN kept).  Everything the epilogue reads is local here, so that it stays in registers
+// across its stores.
 template <int L, int MODE, int NVT>
 void block(const PlanesTables& Tb, const typename Lane<L>::elem* xim, int64_t v, int64_t T, int64_t G,
-           int64_t gstride, int64_t chunk, const uint64_t* w, const float* scale, int64_t nch, float* out,
-           int64_t step, int32_t* part) {
+           int64_t gstride, int64_t chunk, const TileOut& to, int32_t* part) {
   using E = typename Lane<L>::elem;
   constexpr int V = 512 / L, NP = Lane<L>::kPieces;
   constexpr int RUNS = MODE == kRuns ? kMaxRuns : 1;
   constexpr __mmask16 kPieceLanes = V >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << V) - 1);  // a piece's positions
   const E* mask = reinterpret_cast<const E*>(Tb.mask.data());
+  const float* scale = to.scale;
+  const int64_t nch = to.nch, step = to.step;
+  const bool fused = MODE != kStaged && to.alpha != nullptr;
+  const float *alpha = to.alpha, *beta = to.beta;
+  const __m512 lo = _mm512_set1_ps(to.lo), hi = _mm512_set1_ps(to.hi);
   const E* xp[NVT];
   const E* mp[NVT];
   const float* kin[NVT];            // each vector's K_in
   int nrun[NVT];                    // its runs (kOneRun, kStaged: one)
   float* dst[NVT][RUNS];            // where lane 0 of run r's vector goes (channel 0)
+  const float* rsd[NVT][RUNS];      // the same in the residual
   __mmask16 keep[NVT][RUNS][NP];    // which lanes of each piece belong to run r
   for (int p = 0; p < NVT; ++p) {
     const int64_t q = Tb.vq[v + p];
@@ -351,14 +408,17 @@ void block(const PlanesTables& Tb, const typename Lane<L>::elem* xim, int64_t v,
     kin[p] = Tb.kin.data() + q;
     if constexpr (MODE == kStaged) {
       nrun[p] = 1;
-      dst[p][0] = out + p * V;
+      dst[p][0] = to.out + p * V;
+      rsd[p][0] = nullptr;
       for (int i = 0; i < NP; ++i) keep[p][0][i] = kPieceLanes;
     } else {
       const int64_t r0 = Tb.run_begin[v + p];
       nrun[p] = int(Tb.run_begin[v + p + 1] - r0);
       for (int r = 0; r < nrun[p]; ++r) {
         const PlanesRun& R = Tb.runs[r0 + r];
-        dst[p][r] = out + (R.m - R.i0);  // (masked stores: lanes outside the run touch no memory)
+        // (masked stores and loads: lanes outside the run touch no memory)
+        dst[p][r] = to.out + (R.m - R.i0);
+        rsd[p][r] = to.res ? to.res + (R.m - R.i0) : nullptr;
         for (int i = 0; i < NP; ++i) keep[p][r][i] = first_lanes(R.i0 + R.len - 16 * i) & ~first_lanes(R.i0 - 16 * i);
       }
     }
@@ -367,27 +427,37 @@ void block(const PlanesTables& Tb, const typename Lane<L>::elem* xim, int64_t v,
   const auto epi = [&](int o, int p, const __m512i* c) __attribute__((always_inline)) {
     if (o >= nch) return;  // channels past O (weight rows padded to whole tiles)
     const __m512 s = _mm512_set1_ps(scale[o]);
+    const int runs_p = MODE == kRuns ? nrun[p] : 1;
 #pragma GCC unroll 4
     for (int i = 0; i < NP; ++i) {
       const __m512 d =
           _mm512_fmsub_ps(_mm512_cvtepi32_ps(c[i]), two, _mm512_maskz_loadu_ps(kPieceLanes, kin[p] + 16 * i));
-      const __m512 y = _mm512_mul_ps(d, s);
-      const int runs_p = MODE == kRuns ? nrun[p] : 1;
+      __m512 y = _mm512_mul_ps(d, s);
+      if (fused) {
+        y = _mm512_add_ps(_mm512_mul_ps(y, _mm512_set1_ps(alpha[o])), _mm512_set1_ps(beta[o]));
+        if (rsd[p][0]) {
+          __m512 r = _mm512_setzero_ps();
+          for (int q = 0; q < runs_p; ++q) r = _mm512_mask_loadu_ps(r, keep[p][q][i], rsd[p][q] + o * step + 16 * i);
+          y = _mm512_add_ps(y, r);
+        }
+        y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, lo, _CMP_LT_OQ), y, lo);
+        y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, hi, _CMP_GT_OQ), y, hi);
+      }
       for (int r = 0; r < runs_p; ++r) _mm512_mask_storeu_ps(dst[p][r] + o * step + 16 * i, keep[p][r][i], y);
     }
   };
-  tile<L, NVT>(xp, mp, Tb.xoff.data(), T, G, gstride, chunk, w, part, epi);
+  tile<L, NVT>(xp, mp, Tb.xoff.data(), T, G, gstride, chunk, to.w, part, epi);
 }
 
 // block() for the last nv <= NVT vectors of an image's vectors.
 template <int L, int MODE, int NVT>
 IRNET_INLINE void block_vectors(int nv, const PlanesTables& Tb, const typename Lane<L>::elem* xim, int64_t v,
-                                int64_t T, int64_t G, int64_t gstride, int64_t chunk, const uint64_t* w,
-                                const float* scale, int64_t nch, float* out, int64_t step, int32_t* part) {
+                                int64_t T, int64_t G, int64_t gstride, int64_t chunk, const TileOut& to,
+                                int32_t* part) {
   if (nv == NVT) {
-    block<L, MODE, NVT>(Tb, xim, v, T, G, gstride, chunk, w, scale, nch, out, step, part);
+    block<L, MODE, NVT>(Tb, xim, v, T, G, gstride, chunk, to, part);
   } else if constexpr (NVT > 1) {
-    block_vectors<L, MODE, NVT - 1>(nv, Tb, xim, v, T, G, gstride, chunk, w, scale, nch, out, step, part);
+    block_vectors<L, MODE, NVT - 1>(nv, Tb, xim, v, T, G, gstride, chunk, to, part);
   }
 }
 
@@ -397,12 +467,12 @@ IRNET_INLINE void block_vectors(int nv, const PlanesTables& Tb, const typename L
 // (the FMA rounds once the exact integer 2 * count - K_in, |.| < 2^24: exactly float(dot);
 // then the one rounding of the product, as the other kernels) and stores them:
 //  * NCHW output (kOneRun, kRuns): straight from the registers into the output runs, a
-//    piece of 16 positions as one masked store per run it overlaps; channel tiles outer,
-//    vector blocks inner;
+//    piece of 16 positions as one masked store per run it overlaps, the fused epilogue
+//    in the registers too; channel tiles outer, vector blocks inner;
 //  * channels_last, or NCHW with more than kMaxRuns runs in a vector (kStaged): vector
 //    blocks outer, every channel of a block staged in y, then copied run by run (NCHW) or
 //    8 pixels x 8 channels at a time transposed into the pixels (channels_last).
-// The fused epilogue runs on each run just written (in cache).
+// (kStaged: the fused epilogue runs on each run just written, in cache.)
 template <int L, int MODE>
 void conv_block_lanes(const PlanesProblem& Q, int64_t n, int64_t v0, int64_t v1, int64_t o0, int64_t o1,
                       void* scratch) {
@@ -421,25 +491,24 @@ void conv_block_lanes(const PlanesProblem& Q, int64_t n, int64_t v0, int64_t v1,
   const PlanesRun* runs = Tb.runs.data();
   const int64_t* run_begin = Tb.run_begin.data();
   // the block of vectors [v, v + nv) for channel tile ot, y to out + channel * step
+  // (direct modes: out = the tile's first output plane, fused epilogue included)
   auto run = [&](int64_t v, int nv, int64_t ot, float* out, int64_t step) {
-    const uint64_t* w = Q.w + (ot / OB) * K * OB;
-    const int64_t tile_ch = o1 - ot < OB ? o1 - ot : OB;
-    block_vectors<L, MODE, NV>(nv, Tb, xim, v, T, G, gstride, chunk, w, Q.scale + ot, tile_ch, out, step, part);
+    TileOut to;
+    to.w = Q.w + (ot / OB) * K * OB;
+    to.scale = Q.scale + ot;
+    to.nch = o1 - ot < OB ? o1 - ot : OB;
+    to.out = out;
+    to.step = step;
+    if (MODE != kStaged && P.alpha) {
+      to.alpha = P.alpha + ot, to.beta = P.beta + ot, to.lo = P.lo, to.hi = P.hi;
+      if (P.residual) to.res = P.residual + (out - P.out);
+    }
+    block_vectors<L, MODE, NV>(nv, Tb, xim, v, T, G, gstride, chunk, to, part);
   };
   if (MODE != kStaged) {
     for (int64_t ot = o0; ot < o1; ot += OB)
-      for (int64_t v = v0; v < v1; v += NV) {
-        const int nv = int(v1 - v < NV ? v1 - v : NV);
-        float* plane0 = P.out + (n * O + ot) * HWo;  // channel ot's output plane of image n
-        run(v, nv, ot, plane0, HWo);
-        if (!P.alpha) continue;
-        for (int64_t r = run_begin[v]; r < run_begin[v + nv]; ++r)
-          for (int64_t o = ot; o < ot + OB && o < o1; ++o) {
-            float* y = plane0 + (o - ot) * HWo + runs[r].m;
-            const int64_t at = y - P.out;
-            fused_run(y, P.residual ? P.residual + at : nullptr, runs[r].len, P.alpha[o], P.beta[o], P.lo, P.hi);
-          }
-      }
+      for (int64_t v = v0; v < v1; v += NV)
+        run(v, int(v1 - v < NV ? v1 - v : NV), ot, P.out + (n * O + ot) * HWo, HWo);
     return;
   }
   for (int64_t v = v0; v < v1; v += NV) {
@@ -461,17 +530,12 @@ void conv_block_lanes(const PlanesProblem& Q, int64_t n, int64_t v0, int64_t v1,
           continue;
         }
         float* row = P.out + (n * HWo + R.m) * O + o0;  // the run's first pixel
-        int64_t j = 0;
-        for (; j + 8 <= R.len; j += 8) {
-          int64_t c = 0;
-          for (; c + 8 <= nch; c += 8) transpose8x8_store(y + c * kBlock + j, kBlock, row + j * O + c, O);
-          for (int64_t q = 0; q < 8; ++q)
-            for (int64_t cc = c; cc < nch; ++cc) row[(j + q) * O + cc] = y[cc * kBlock + j + q];
-        }
-        for (; j < R.len; ++j)
-          for (int64_t c = 0; c < nch; ++c) row[j * O + c] = y[c * kBlock + j];
+        for (int64_t j = 0; j < R.len; j += 16)
+          for (int64_t c = 0; c < nch; c += 8)
+            transpose_store(y + c * kBlock + j, kBlock, int(nch - c < 8 ? nch - c : 8), int(R.len - j < 16 ? R.len - j : 16),
+                            row + j * O + c, O);
         if (P.alpha)
-          for (j = 0; j < R.len; ++j) {
+          for (int64_t j = 0; j < R.len; ++j) {
             const int64_t at = (n * HWo + R.m + j) * O + o0;
             fused_channels(P.out + at, P.residual ? P.residual + at : nullptr, nch, P.alpha + o0, P.beta + o0, P.lo,
                            P.hi);

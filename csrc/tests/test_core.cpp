@@ -316,9 +316,9 @@ static void test_planes() {
     // the packed input with stray bits past C (the kernel must read only the C channels)
     std::vector<uint64_t> x_junk(x);
     for (size_t i = P.words - 1; i < x_junk.size(); i += P.words) x_junk[i] |= ~core::tail_mask(c.C) & rng();
-    for (int mode = 0; mode < 6; ++mode) {  // bit 0: channels_last; bit 1: float input; mode 4, 5: fused
-      const bool cl = mode & 1, from_float = mode & 2, fused = mode >= 4;
-      if (fused && ci % 3 != 0) continue;
+    // bit 0: channels_last; bit 1: float input; modes 4-7 fused, with a residual below 6
+    for (int mode = 0; mode < 8; ++mode) {
+      const bool cl = mode & 1, from_float = mode & 2 && mode < 4, fused = mode >= 4;
       P.x = from_float ? nullptr : (mode == 0 ? x_junk.data() : x.data());
       P.xf = from_float ? xf.data() : nullptr;
       std::vector<unsigned char> planes(Y.G.total * E, 0xA5);  // padding elements are written by prep
@@ -330,7 +330,7 @@ static void test_planes() {
       P.out = out.data();
       P.out_cl = cl;
       P.alpha = fused ? alpha.data() : nullptr, P.beta = fused ? beta.data() : nullptr;
-      P.residual = fused && ci % 2 == 0 ? residual.data() : nullptr;  // (NCHW order: residual values per (n, o, m))
+      P.residual = fused && mode < 6 ? residual.data() : nullptr;  // (NCHW order: residual values per (n, o, m))
       std::vector<float> res_cl;
       if (P.residual && cl) {  // the same residual values, laid out like the channels_last output
         res_cl.resize(residual.size());
