@@ -20,7 +20,8 @@ LEVELS = ops.cpu_simd_levels() if COMPILED else ["reference"]
 
 def kernel_configs():
     """(SIMD level, conv algorithm) pairs that run different code: every level with the
-    'auto' choice, and where the LUT kernel exists (avx2) each algorithm forced too."""
+    'auto' choice, and every other algorithm of the level forced in turn where the level
+    has more than one (avx2: popcount, lut; avx512: popcount, planes)."""
     if not COMPILED:
         return [("reference", "reference")]
     before = ops.cpu_simd_level()
@@ -28,7 +29,7 @@ def kernel_configs():
     for lvl in LEVELS:
         ops.set_cpu_simd_level(lvl)
         algos = ops.cpu_conv_algorithms()
-        configs += [(lvl, "auto")] + ([(lvl, a) for a in algos if a != "auto"] if "lut" in algos else [])
+        configs += [(lvl, "auto")] + ([(lvl, a) for a in algos if a != "auto"] if len(algos) > 2 else [])
     ops.set_cpu_simd_level(before)
     return configs
 
@@ -92,6 +93,13 @@ CONV_CASES = [
     (1, 70, 16, 18, 3, (3, 3), (1, 1), (1, 1), (1, 1)),
     (3, 5, 19, 40, 4, (5, 5), (3, 3), (2, 2), (1, 1)),
     (1, 3, 33, 48, 2, (3, 3), (2, 1), (0, 4), (1, 3)),
+    # the planes kernel's lane widths and groups (8, 16, 32, 64-bit lanes; several groups),
+    # images narrower than a vector, Wo = 1, grid tails, vectors at row starts (16@32)
+    (2, 9, 7, 5, 6, (3, 3), (1, 1), (1, 1), (1, 1)),
+    (1, 15, 32, 32, 9, (3, 3), (1, 1), (1, 1), (1, 1)),
+    (2, 17, 5, 1, 4, (3, 3), (1, 1), (1, 1), (1, 1)),
+    (1, 33, 16, 16, 10, (3, 3), (2, 2), (1, 1), (1, 1)),
+    (1, 48, 9, 11, 8, (3, 3), (1, 1), (1, 1), (1, 1)),
 ]
 
 
@@ -227,12 +235,16 @@ def test_stray_tail_bits_are_ignored_like_the_reference(level):
     c = 70
     x, wt = rand_pm(2, c, 5, 5), rand_pm(4, c, 3, 3)
     xb, wb = ref.pack_bits(x), ref.pack_bits(wt)
-    junk = torch.tensor(-(1 << 40), dtype=torch.int64)  # bits 40..63 of the last word
-    xb2, wb2 = xb.clone(), wb.clone()
-    xb2[..., -1] |= junk
-    wb2[..., -1] |= junk
-    want = ref.xnor_conv2d_bits(xb2, wb2, None, c, (1, 1), (1, 1), (1, 1))
-    assert torch.equal(torch.ops.irnet.xnor_conv2d(xb2, wb2, None, c, [1, 1], [1, 1], [1, 1]), want)
+    # bits 40..63 of the last word; every bit past the 70 channels (the planes kernel's
+    # last 16-bit lane holds channels 64..79)
+    for junk_bits in (-(1 << 40), -(1 << (c % 64))):
+        junk = torch.tensor(junk_bits, dtype=torch.int64)
+        xb2, wb2 = xb.clone(), wb.clone()
+        xb2[..., -1] |= junk
+        wb2[..., -1] |= junk
+        want = ref.xnor_conv2d_bits(xb2, wb2, None, c, (1, 1), (1, 1), (1, 1))
+        assert torch.equal(want, ref.xnor_conv2d_bits(xb, wb, None, c, (1, 1), (1, 1), (1, 1)))
+        assert torch.equal(torch.ops.irnet.xnor_conv2d(xb2, wb2, None, c, [1, 1], [1, 1], [1, 1]), want)
     xl, wl = ref.pack_bits(rand_pm(3, c)), ref.pack_bits(rand_pm(5, c))
     xl2 = xl.clone()
     xl2[:, -1] |= junk
@@ -320,6 +332,50 @@ def test_same_weight_bits_with_other_in_channels(level):
         assert torch.equal(got, ref.xnor_conv2d_bits(xb, wb, None, c, (1, 1), (1, 1), (1, 1))), (level, c)
 
 
+# Channel counts around the planes kernel's lane widths (8, 16, 32, 64 bits; several lane
+# groups past 64), each on geometries that give it row-start vectors (32x32, 16 channels),
+# grid vectors with tails, images narrower than a vector, Wo = 1, stride 2 and dilation.
+LANE_CHANNELS = [1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65]
+LANE_GEOMETRIES = [  # (N, H, W, O, k, stride, padding, dilation)
+    (1, 32, 32, 8, 3, 1, 1, 1), (2, 7, 5, 9, 3, 2, 1, 1), (1, 6, 1, 3, 3, 1, 1, 1),
+    (3, 9, 10, 17, 3, 1, 2, 2), (1, 3, 40, 5, 1, 1, 0, 1), (0, 5, 5, 4, 3, 1, 1, 1)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("c", LANE_CHANNELS)
+def test_conv_channel_counts_around_lane_widths(level, c):
+    for n, h, w, o, k, s, p, d in LANE_GEOMETRIES:
+        x, wt = rand_pm(n, c, h, w), rand_pm(o, c, k, k)
+        if x.numel() >= 3:
+            flat = x.view(-1)
+            flat[0], flat[flat.numel() // 2], flat[-1] = math.nan, -0.0, -math.inf
+        xb, wb = ref.pack_bits(x), ref.pack_bits(wt)
+        scale = pow2_scale(o, zero=True)
+        want = ref.xnor_conv2d_bits(xb, wb, scale, c, (s, s), (p, p), (d, d))
+        for xin in (xb, x):
+            for cl in (False, True):
+                got = torch.ops.irnet.xnor_conv2d(xin, wb, scale, c, [s, s], [p, p], [d, d], cl)
+                assert torch.equal(got, want), f"level={level} c={c} geometry={(n, h, w, o, k, s, p, d)} cl={cl}"
+
+
+@needs_kernels
+@pytest.mark.parametrize("c,k", [(8, (7, 7)), (8, (1, 32)), (16, (1, 4095)), (16, (2, 2050)), (64, (3, 3))],
+                         ids=["8x7x7", "8x1x32", "16x1x4095", "16x2x2050", "64x3x3"])
+def test_long_dots_at_the_lane_limits(level, c, k):
+    """The planes kernel counts matches in lanes of L bits, up to L per step: 8-bit lanes
+    take 31 steps, 16-bit lanes 4095, then the counts are widened.  Dots of 49 and 32 taps
+    of 8 channels, 4095 and 4100 taps of 16: every sign equal (all matches: the largest
+    counts, 16 * 4100 = 65600 past 16 bits), all opposite, and random."""
+    kh, kw = k
+    x = torch.ones(1, c, kh + 1, kw + 2)
+    w = torch.ones(3, c, kh, kw)
+    w[1] = -1.0
+    for xs in (x, -x, rand_pm(*x.shape)):
+        got = ops.xnor_conv2d(xs, w, 1, 0)
+        assert torch.equal(got, F.conv2d(ref.sign(xs), ref.sign(w), None, 1, 0)), (level, c, k)
+    assert ops.xnor_conv2d(x, w, 1, 0)[0, 0, 0, 0].item() == c * kh * kw
+
+
 @needs_kernels
 @pytest.mark.parametrize("c", [7280, 7284])
 def test_longest_dots_of_the_lut_kernel(level, c):
@@ -338,21 +394,29 @@ def test_longest_dots_of_the_lut_kernel(level, c):
 
 @needs_kernels
 def test_conv_algorithm_setting():
-    before = ops.cpu_conv_algorithm()
-    assert before in ("auto", "popcount", "lut")
+    before = ops.cpu_conv_algorithm(), ops.cpu_simd_level()
+    assert before[0] in ("auto", "popcount", "lut", "planes")
     assert ops.cpu_conv_algorithms()[:2] == ["auto", "popcount"]
     try:
-        for algo in ("popcount", "lut", "auto"):
+        for algo in ("popcount", "lut", "planes", "auto"):
             ops.set_cpu_conv_algorithm(algo)
             assert ops.cpu_conv_algorithm() == algo
-        with pytest.raises(RuntimeError, match="one of auto, popcount, lut"):
+        with pytest.raises(RuntimeError, match="one of auto, popcount, lut, planes"):
             ops.set_cpu_conv_algorithm("xnor")
+        # each level lists the algorithms that run there
+        for lvl in LEVELS:
+            ops.set_cpu_simd_level(lvl)
+            algos = ops.cpu_conv_algorithms()
+            assert algos in (["auto", "popcount"], ["auto", "popcount", "lut"], ["auto", "popcount", "planes"])
+            assert ("lut" in algos) <= (lvl == "avx2") and ("planes" in algos) <= (lvl == "avx512")
     finally:
-        ops.set_cpu_conv_algorithm(before)
-    env = dict(os.environ, IRNET_CPU_CONV="lut")
-    code = "import irnet; print(irnet.ops.cpu_conv_algorithm())"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "lut", out.stderr
+        ops.set_cpu_conv_algorithm(before[0])
+        ops.set_cpu_simd_level(before[1])
+    for name in ("lut", "planes"):
+        env = dict(os.environ, IRNET_CPU_CONV=name)
+        code = "import irnet; print(irnet.ops.cpu_conv_algorithm())"
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == name, out.stderr
     env["IRNET_CPU_CONV"] = "fast"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "auto", out.stderr
@@ -460,6 +524,28 @@ def test_levels_and_peak_probe():
         assert torch.ops.irnet.cpu_lut_peak_bench(36, 1000) > 0
         with pytest.raises(RuntimeError, match="steps <= 4096"):
             torch.ops.irnet.cpu_lut_peak_bench(0, 1)
+
+
+@needs_kernels
+def test_planes_peak_probe():
+    before = ops.cpu_simd_level()
+    try:
+        if "avx512" in LEVELS:
+            ops.set_cpu_simd_level("avx512")
+        has_planes = "planes" in ops.cpu_conv_algorithms()
+    finally:
+        ops.set_cpu_simd_level(before)
+    if not has_planes:
+        with pytest.raises(RuntimeError, match="BITALG"):
+            torch.ops.irnet.cpu_planes_peak_bench(9, 10)
+        return
+    for lane_bits in (8, 16, 32, 64):
+        assert torch.ops.irnet.cpu_planes_peak_bench(40, 100, lane_bits) > 0
+    assert torch.ops.irnet.cpu_planes_peak_bench(9, 100) > 0  # 16-bit lanes by default
+    with pytest.raises(RuntimeError, match="steps <= 4096"):
+        torch.ops.irnet.cpu_planes_peak_bench(0, 1)
+    with pytest.raises(RuntimeError, match="lane_bits of 8, 16, 32 or 64"):
+        torch.ops.irnet.cpu_planes_peak_bench(9, 1, 12)
 
 
 def test_python_level_api_without_kernels_is_graceful():

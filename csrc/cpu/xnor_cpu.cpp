@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <string>
 #include <algorithm>
+#include <array>
 #include <memory>
 #include <vector>
 
@@ -22,6 +23,7 @@
 #include "core/conv_geometry.h"
 #include "cpu/xnor_cpu.h"
 #include "cpu/xnor_lut.h"
+#include "cpu/xnor_planes.h"
 #include "cpu/xnor_simd.h"
 
 namespace irnet {
@@ -83,14 +85,16 @@ void set_cpu_simd_level(const std::string& level) {
 
 // ---------------------------------------------------------------- conv algorithm choice
 // "popcount": the XNOR-popcount tile of every level; "lut": the table-lookup kernel
-// (xnor_lut.h; AVX2 level only) wherever it applies; "auto": lut where it is the faster
-// one (few input channels, see prefers_lut), popcount elsewhere.  IRNET_CPU_CONV sets the
-// choice at load.
-const char* const kAlgoNames[] = {"auto", "popcount", "lut"};
-constexpr int kAlgoAuto = 0, kAlgoPopcount = 1, kAlgoLut = 2;
+// (xnor_lut.h; AVX2 level only) wherever it applies; "planes": the position-vectorized
+// popcount kernel (xnor_planes.h; AVX-512 level only, with BITALG) wherever it applies;
+// "auto": at each level the faster one per layer (prefers_lut, prefers_planes).
+// IRNET_CPU_CONV sets the choice at load.
+const char* const kAlgoNames[] = {"auto", "popcount", "lut", "planes"};
+constexpr int kAlgoAuto = 0, kAlgoPopcount = 1, kAlgoLut = 2, kAlgoPlanes = 3;
+constexpr int kAlgoCount = 4;
 
 int algo_index(const std::string& name) {
-  for (int i = 0; i < 3; ++i)
+  for (int i = 0; i < kAlgoCount; ++i)
     if (name == kAlgoNames[i]) return i;
   return -1;
 }
@@ -100,7 +104,7 @@ int initial_algo() {
   if (env == nullptr || *env == '\0') return kAlgoAuto;
   const int i = algo_index(env);
   if (i >= 0) return i;
-  TORCH_WARN("irnet: IRNET_CPU_CONV=", env, " is not one of auto, popcount, lut; using 'auto'");
+  TORCH_WARN("irnet: IRNET_CPU_CONV=", env, " is not one of auto, popcount, lut, planes; using 'auto'");
   return kAlgoAuto;
 }
 
@@ -112,15 +116,18 @@ const bool kAlgoChosen = (algo_slot(), true);
 
 std::string cpu_conv_algorithm() { return kAlgoNames[algo_slot().load(std::memory_order_relaxed)]; }
 
-// The algorithms that differ at the current level: the LUT kernel exists at "avx2" only.
+// The algorithms that differ at the current level: the LUT kernel exists at "avx2" only,
+// the planes kernel at "avx512" only.
 std::vector<std::string> cpu_conv_algorithms() {
   if (std::strcmp(current()->name, "avx2") == 0 && lut_kernels() != nullptr) return {"auto", "popcount", "lut"};
+  if (std::strcmp(current()->name, "avx512") == 0 && planes_kernels() != nullptr)
+    return {"auto", "popcount", "planes"};
   return {"auto", "popcount"};
 }
 
 void set_cpu_conv_algorithm(const std::string& name) {
   const int i = algo_index(name);
-  TORCH_CHECK(i >= 0, "irnet::set_cpu_conv_algorithm: expected one of auto, popcount, lut, got '", name, "'");
+  TORCH_CHECK(i >= 0, "irnet::set_cpu_conv_algorithm: expected one of auto, popcount, lut, planes, got '", name, "'");
   algo_slot().store(i, std::memory_order_relaxed);
 }
 
@@ -285,6 +292,7 @@ Tensor checked_scale(const char* op, const std::optional<Tensor>& scale, int64_t
 struct WeightLayout {
   Tensor panels, wrect;  // the popcount tile's
   Tensor wofs;           // the LUT kernel's table offsets (xnor_lut.h), int16 [opad][K]
+  Tensor wlanes;         // the planes kernel's weight lanes (planes_weights), int64
 };
 
 struct LayoutEntry {
@@ -292,6 +300,7 @@ struct LayoutEntry {
   Tensor copy;                 // the weight bits the layout was built from
   const LevelKernels* level = nullptr;
   const LutKernels* lut = nullptr;  // set: the LUT layout
+  const PlanesKernels* planes = nullptr;  // set: the planes layout
   int64_t O = 0, kh = 0, kw = 0, words = 0, C = 0;
   WeightLayout layout;
   uint64_t last_use = 0;
@@ -307,9 +316,20 @@ std::mutex g_layout_mutex;
 std::vector<LayoutEntry> g_layouts;
 uint64_t g_layout_clock = 0;
 
-WeightLayout build_layout(const Tensor& w_bits, const ConvProblem& P, const LevelKernels* k, const LutKernels* lut) {
+WeightLayout build_layout(const Tensor& w_bits, const ConvProblem& P, const LevelKernels* k, const LutKernels* lut,
+                          const PlanesKernels* planes) {
   const uint64_t* wsrc = reinterpret_cast<const uint64_t*>(w_bits.const_data_ptr<int64_t>());
   WeightLayout out;
+  if (planes) {
+    const PlanesLayout Y = planes_layout(P);
+    const int64_t tiles = (P.O + Y.ob - 1) / Y.ob;
+    out.wlanes = at::empty({tiles * Y.G.K * Y.ob}, w_bits.options());
+    uint64_t* dst = reinterpret_cast<uint64_t*>(out.wlanes.data_ptr<int64_t>());
+    at::parallel_for(0, tiles, std::max<int64_t>(1, 16384 / (Y.G.K * Y.ob)), [&](int64_t b, int64_t e) {
+      planes_weights(wsrc, P, Y, b, e, dst);
+    });
+    return out;
+  }
   if (lut) {
     const LutGeometry G = lut_geometry(P, lut->qv);
     const int64_t opad = (P.O + lut->ot - 1) / lut->ot * lut->ot;
@@ -333,14 +353,15 @@ WeightLayout build_layout(const Tensor& w_bits, const ConvProblem& P, const Leve
 }
 
 WeightLayout weight_layout(const Tensor& w_bits, const ConvProblem& P, const LevelKernels* k,
-                           const LutKernels* lut = nullptr) {
+                           const LutKernels* lut = nullptr, const PlanesKernels* planes = nullptr) {
   const int64_t n = w_bits.numel();
-  if (n > kLayoutCacheMaxWeightWords) return build_layout(w_bits, P, k, lut);
+  if (n > kLayoutCacheMaxWeightWords) return build_layout(w_bits, P, k, lut, planes);
   const void* data = w_bits.const_data_ptr();
   {
     std::lock_guard<std::mutex> lock(g_layout_mutex);
     for (LayoutEntry& e : g_layouts) {
-      if (e.data == data && e.level == k && e.lut == lut && e.O == P.O && e.kh == P.kh && e.kw == P.kw &&
+      if (e.data == data && e.level == k && e.lut == lut && e.planes == planes && e.O == P.O && e.kh == P.kh &&
+          e.kw == P.kw &&
           e.words == P.words && e.C == P.C &&
           std::memcmp(e.copy.const_data_ptr(), data, size_t(n) * sizeof(int64_t)) == 0) {
         e.last_use = ++g_layout_clock;
@@ -348,18 +369,19 @@ WeightLayout weight_layout(const Tensor& w_bits, const ConvProblem& P, const Lev
       }
     }
   }
-  WeightLayout built = build_layout(w_bits, P, k, lut);
+  WeightLayout built = build_layout(w_bits, P, k, lut, planes);
   LayoutEntry entry;
   entry.data = data;
   entry.copy = w_bits.clone();
   entry.level = k;
   entry.lut = lut;
+  entry.planes = planes;
   entry.O = P.O, entry.kh = P.kh, entry.kw = P.kw, entry.words = P.words, entry.C = P.C;
   entry.layout = built;
   std::lock_guard<std::mutex> lock(g_layout_mutex);
   entry.last_use = ++g_layout_clock;
   for (LayoutEntry& e : g_layouts) {  // same weight buffer, new contents: replace
-    if (e.data == data && e.level == k && e.lut == lut) {
+    if (e.data == data && e.level == k && e.lut == lut && e.planes == planes) {
       e = std::move(entry);
       return built;
     }
@@ -412,6 +434,45 @@ const LutKernels* lut_for(const ConvProblem& P, const LevelKernels* k) {
   return algo == kAlgoLut || prefers_lut(P, G) ? lut : nullptr;
 }
 
+// "auto" at the AVX-512 level: the planes kernel where its expected gain over the popcount
+// tile,
+//   gain = useful * (64 * words) / (G * L)
+// (useful: the share of its computed grid positions that are real outputs; the second
+// factor: the bits a tap reads in the popcount tile, whole 64-bit words, over those in
+// the planes kernel, whole L-bit lanes) reaches 0.95 for NCHW output, 1.5 for
+// channels_last (whose transposes cost the planes kernel more than the popcount tile's
+// natural pixel-major stores).  Interleaved A/B, planes / popcount speed, 1 thread,
+// thread CPU time, packed input, 3x3, pad 1, 2-core Xeon (Sapphire Rapids, AVX-512
+// VPOPCNTDQ/BITALG), batch 1 / 16:
+//   NCHW  16@32 (gain 4) 2.98 / 5.77; 32@16 (2) 1.81 / 2.62; 64@8 (1) 1.28 / 1.23;
+//         16->32 s2 (3.6) 1.76 / 2.33; 32->64 s2 (1.6) 1.18 / 1.39; 128@32 (1) 1.17 / 1.27;
+//         256@16 (1) 1.08 / 1.07; 512@8 (1) 1.05 / 1.07; 64@56 (1) 1.32 / 1.74;
+//         64->128@56 s2 (0.96) 1.08 / 1.16; 128@28 (0.93) 0.97 / 1.06;
+//         256@14 (0.875) 0.99 / 0.97; 512@7 (0.875) 0.96 / 0.97; 512@4 (0.67) 0.72 / 0.71;
+//   channels_last  16@32 1.95 / 2.60; 32@16 1.45 / 1.72; 16->32 s2 1.50 / 1.86;
+//         32->64 s2 1.18 / 1.12; 64@8 1.16 / 0.95; 128@32 0.94 / 0.84; 512@8 0.97 / 0.96;
+//         64@56 0.93 / 0.78; 128@28 0.85 / 0.80.
+// (A linear layer, one position per image, has useful = 1 / V: never.)
+bool prefers_planes(const ConvProblem& P) {
+  const PlanesLayout Y = planes_layout(P);
+  const double useful = double(P.Ho * P.Wo) / double(Y.vectors * Y.vec);
+  const double gain = useful * double(64 * P.words) / double(Y.G.groups * Y.lane_bits);
+  return gain >= (P.out_cl ? 1.5 : 0.95);
+}
+
+// The planes kernel for this problem, or nullptr: at the AVX-512 level only, where the
+// CPU has BITALG, the padded planes stay within a few times the input and output, and as
+// the algorithm setting says.
+const PlanesKernels* planes_for(const ConvProblem& P, const LevelKernels* k) {
+  const int algo = algo_slot().load(std::memory_order_relaxed);
+  if ((algo != kAlgoAuto && algo != kAlgoPlanes) || std::strcmp(k->name, "avx512") != 0) return nullptr;
+  const PlanesKernels* planes = planes_kernels();
+  if (planes == nullptr) return nullptr;
+  const PlaneGeometry G = plane_geometry(P, 64, 8, 8);  // (the sub-plane sizes do not depend on L)
+  if (!padded_copy_fits(P, G.S * G.plane)) return nullptr;
+  return algo == kAlgoPlanes || prefers_planes(P) ? planes : nullptr;
+}
+
 // Runs task(t, scratch) for t in [0, ntasks) on workers that take tasks one at a time
 // from a shared counter rather than in static shares: on a shared machine a thread that
 // loses its core for a while then does fewer tasks instead of holding up the call.  Each
@@ -453,14 +514,14 @@ void run_conv_lut(ConvProblem& P, const Tensor& w_bits, const LutKernels* lut) {
   const LutGeometry G = lut_geometry(P, lut->qv);
   const WeightLayout lay = weight_layout(w_bits, P, current(), lut);
   std::vector<int64_t> xoff(static_cast<size_t>(G.K));
-  lut_offsets(P, G, xoff.data());
+  plane_offsets(P, G, xoff.data());
   std::vector<int32_t> kin(static_cast<size_t>(G.Qk));
-  lut_kin(P, G, kin.data());
+  plane_kin(P, G, kin.data());
   const std::unique_ptr<uint8_t[]> planes(new uint8_t[static_cast<size_t>(G.total)]);
   const int64_t filled = P.N * G.image;
   std::memset(planes.get() + filled, 0x80, static_cast<size_t>(G.total - filled));  // slack: padding bytes
   const int64_t units = P.N * P.sh * G.Hq;
-  at::parallel_for(0, units, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, G.C4 * G.Wq * P.sw)),
+  at::parallel_for(0, units, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, G.groups * G.Wq * P.sw)),
                    [&](int64_t b, int64_t e) { lut->prep_planes(P, G, b, e, planes.get()); });
   LutProblem L;
   L.P = &P;
@@ -492,12 +553,76 @@ void run_conv_lut(ConvProblem& P, const Tensor& w_bits, const LutKernels* lut) {
       });
 }
 
+// The planes kernel's image-independent tables (offsets, K_in, mask planes, vectors and
+// their output runs) for the last few geometries: a network calls each layer shape again
+// and again, and building them costs about as much as a small layer's batch-1 compute.
+std::shared_ptr<const PlanesTables> planes_tables_for(const ConvProblem& P, const PlanesLayout& Y) {
+  const std::array<int64_t, 11> key = {P.H, P.W, P.C, P.kh, P.kw, P.sh, P.sw, P.ph, P.pw, P.dh, P.dw};
+  static std::mutex mutex;
+  static std::vector<std::pair<std::array<int64_t, 11>, std::shared_ptr<const PlanesTables>>> cache;  // newest last
+  std::lock_guard<std::mutex> lock(mutex);
+  for (size_t i = 0; i < cache.size(); ++i)
+    if (cache[i].first == key) {
+      std::rotate(cache.begin() + i, cache.begin() + i + 1, cache.end());
+      return cache.back().second;
+    }
+  auto tables = std::make_shared<PlanesTables>();
+  planes_tables(P, Y, *tables);
+  if (cache.size() == 32) cache.erase(cache.begin());
+  cache.emplace_back(key, tables);
+  return tables;
+}
+
+// The planes convolution (xnor_planes.h): L-bit lane planes of the input (threads over
+// plane rows; from the packed bits, or from the float activations P.xf), then tasks of
+// (image, a run of position vectors, a group of channels) as run_conv_lut.
+void run_conv_planes(ConvProblem& P, const Tensor& w_bits, const PlanesKernels* pk) {
+  const PlanesLayout Y = planes_layout(P);
+  const PlaneGeometry& G = Y.G;
+  const WeightLayout lay = weight_layout(w_bits, P, current(), nullptr, pk);
+  const std::shared_ptr<const PlanesTables> tables = planes_tables_for(P, Y);
+  const int64_t E = Y.lane_bits / 8;  // bytes per element
+  const std::unique_ptr<uint8_t[]> planes(new uint8_t[static_cast<size_t>(G.total * E)]);
+  const int64_t filled = P.N * G.image;
+  std::memset(planes.get() + filled * E, 0, static_cast<size_t>((G.total - filled) * E));  // slack
+  const int64_t units = P.N * P.sh * G.Hq;
+  const int64_t unit_work = G.groups * G.Wq * P.sw * (P.xf ? Y.lane_bits : 1);
+  at::parallel_for(0, units, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, unit_work)),
+                   [&](int64_t b, int64_t e) { pk->prep_planes(P, Y, b, e, planes.get()); });
+  PlanesProblem Q;
+  Q.P = &P;
+  Q.Y = Y;
+  Q.planes = planes.get();
+  Q.tables = tables.get();
+  Q.w = reinterpret_cast<const uint64_t*>(lay.wlanes.const_data_ptr<int64_t>());
+  Q.scale = P.scale ? P.scale : P.ones;
+  const int64_t vb = 4 * Y.nv;  // vectors per task
+  const int64_t nq = (Y.vectors + vb - 1) / vb;
+  const int64_t otiles = (P.O + Y.ob - 1) / Y.ob;
+  const int64_t threads = at::get_num_threads();
+  int64_t groups = 1;
+  if (P.N * nq < 4 * threads) groups = std::min<int64_t>(otiles, (4 * threads + P.N * nq - 1) / (P.N * nq));
+  const int64_t tpg = (otiles + groups - 1) / groups;  // channel tiles per group (whole 8-channel blocks)
+  groups = (otiles + tpg - 1) / tpg;
+  const int64_t ntasks = P.N * nq * groups;
+  const size_t scratch_bytes = static_cast<size_t>(pk->scratch_bytes(Y, tpg * Y.ob));
+  run_tasks(
+      ntasks, conv_macs(P), [&] { return std::unique_ptr<unsigned char[]>(new unsigned char[scratch_bytes]); },
+      [&](int64_t t, unsigned char* scratch) {
+        const int64_t g = t % groups, nqi = t / groups;
+        const int64_t n = nqi / nq, iq = nqi % nq;
+        const int64_t o0 = g * tpg * Y.ob, o1 = std::min(P.O, (g + 1) * tpg * Y.ob);
+        pk->conv_block(Q, n, iq * vb, std::min(Y.vectors, iq * vb + vb), o0, o1, scratch);
+      });
+}
+
 // Splits output pixels into blocks and, when there are too few blocks for the threads,
 // the output-channel panels into groups too.  The tiles read the activations in place:
 // from x itself (1x1, stride 1, no padding, unsplit level) or from one zero-padded
 // stored-form copy of x made here (RowsLayout); conv_block's im2col rows (P.xs unset)
 // are the fallback the C++ unit test also checks.
-void run_conv(ConvProblem& P, const Tensor& w_bits, const Tensor& scale) {
+// planes: the caller's choice of the planes kernel (planes_for), or nullptr.
+void run_conv(ConvProblem& P, const Tensor& w_bits, const Tensor& scale, const PlanesKernels* planes) {
   const LevelKernels* k = current();
   TORCH_CHECK(P.C * P.kh * P.kw < (int64_t(1) << 31), "irnet::xnor_conv2d/xnor_linear: expected fewer than 2^31 terms ",
               "per dot product (in_channels * kh * kw), got ", P.C * P.kh * P.kw);
@@ -514,6 +639,10 @@ void run_conv(ConvProblem& P, const Tensor& w_bits, const Tensor& scale) {
   } else {
     std::fill(factors.begin(), factors.begin() + P.O, 1.0f);
     P.ones = factors.data();
+  }
+  if (planes) {
+    run_conv_planes(P, w_bits, planes);
+    return;
   }
   if (const LutKernels* lut = lut_for(P, k)) {
     run_conv_lut(P, w_bits, lut);
@@ -582,13 +711,15 @@ int64_t check_words(const char* op, const Tensor* x_bits, const char* x_unit, co
 // The common end of both ops once P's shape is set: the bits past P.C are masked in
 // both operands, then the one conv driver runs (a linear layer is a 1x1 conv).
 // (x_tail_clean: x_bits come from pack_bits_cpu here, whose tail bits are 0: no scan)
+// (The planes kernel reads only the in_channels bits of each pixel: no scan of x.)
 void run_packed(ConvProblem& P, const Tensor& x_bits, const Tensor& w_bits, const Tensor& s, Tensor& out,
                 bool x_tail_clean = false) {
-  const Tensor xc = x_tail_clean ? x_bits : masked_tail(x_bits.contiguous(), P.C);
+  const PlanesKernels* planes = planes_for(P, current());
+  const Tensor xc = x_tail_clean ? x_bits : planes ? x_bits.contiguous() : masked_tail(x_bits.contiguous(), P.C);
   const Tensor wc = masked_tail(w_bits.contiguous(), P.C);
   P.x = reinterpret_cast<const uint64_t*>(xc.const_data_ptr<int64_t>());
   P.out = out.data_ptr<float>();
-  run_conv(P, wc, s);
+  run_conv(P, wc, s, planes);
 }
 
 // xnor_conv2d and (with `fused`) xnor_conv2d_fused: checks, the output, the problem.
@@ -669,7 +800,16 @@ Tensor conv2d_cpu(const char* op, const Tensor& x, const Tensor& w_bits, const s
   P.O = O, P.kh = kh, P.kw = kw;
   P.sh = stride[0], P.sw = stride[1], P.ph = padding[0], P.pw = padding[1], P.dh = dilation[0], P.dw = dilation[1];
   P.Ho = Ho, P.Wo = Wo;
-  // float activations: packed here as pack_bits packs them (one op call less)
+  // float activations: packed here as pack_bits packs them (one op call less); the planes
+  // kernel packs float32 NCHW activations straight into its planes (one pass less)
+  if (float_in && x.scalar_type() == at::kFloat && x.is_contiguous()) {
+    if (const PlanesKernels* planes = planes_for(P, current())) {
+      P.xf = x.const_data_ptr<float>();
+      P.out = out.data_ptr<float>();
+      run_conv(P, masked_tail(w_bits.contiguous(), P.C), s, planes);
+      return out;
+    }
+  }
   run_packed(P, float_in ? pack_bits_cpu(x) : x, w_bits, s, out, float_in);
   return out;
 }
@@ -752,6 +892,19 @@ double cpu_lut_peak_bench(int64_t steps, int64_t iters) {
   return probe_all_threads([&](uint64_t* s) { return lut->peak_probe(steps, iters, s); });
 }
 
+// The planes tile (AVX-512), lanes of `lane_bits` (8, 16, 32, 64) channels, `steps`
+// steps (one tap of one lane group each) per dot.
+double cpu_planes_peak_bench(int64_t steps, int64_t iters, int64_t lane_bits) {
+  TORCH_CHECK(steps >= 1 && steps <= 4096 && iters >= 1,
+              "irnet::cpu_planes_peak_bench: expected 1 <= steps <= 4096 and iters >= 1, got ", steps, ", ", iters);
+  TORCH_CHECK(lane_bits == 8 || lane_bits == 16 || lane_bits == 32 || lane_bits == 64,
+              "irnet::cpu_planes_peak_bench: expected lane_bits of 8, 16, 32 or 64, got ", lane_bits);
+  const PlanesKernels* pk = planes_kernels();
+  TORCH_CHECK(pk != nullptr, "irnet::cpu_planes_peak_bench: the planes kernel needs AVX-512 with VPOPCNTDQ and ",
+              "BITALG, which this CPU (or this build) does not have");
+  return probe_all_threads([&](uint64_t* s) { return pk->peak_probe(int(lane_bits), steps, iters, s); });
+}
+
 }  // namespace
 
 void xnor_conv2d_cpu_into(const Tensor& x, const Tensor& w_bits, const std::optional<Tensor>& scale,
@@ -781,4 +934,6 @@ TORCH_LIBRARY_FRAGMENT(irnet, m) {
   m.def("set_cpu_conv_algorithm(str algorithm) -> ()", &irnet::cpu::set_cpu_conv_algorithm);
   m.def("cpu_popcount_peak_bench(int words, int iters) -> float", &irnet::cpu::cpu_popcount_peak_bench);
   m.def("cpu_lut_peak_bench(int steps, int iters) -> float", &irnet::cpu::cpu_lut_peak_bench);
+  m.def("cpu_planes_peak_bench(int steps, int iters, int lane_bits=16) -> float",
+        &irnet::cpu::cpu_planes_peak_bench);
 }

@@ -42,35 +42,35 @@ const TableSet kTables;
 IRNET_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 }  // namespace
 
-LutGeometry lut_geometry(const ConvProblem& P, int64_t qv) {
-  LutGeometry G;
-  G.C4 = ceil_div(P.C, 4);
+PlaneGeometry plane_geometry(const ConvProblem& P, int64_t group_channels, int64_t vec, int64_t tile) {
+  PlaneGeometry G;
+  G.groups = ceil_div(P.C, group_channels);
   G.T = P.kh * P.kw;
-  G.K = G.C4 * G.T;
+  G.K = G.groups * G.T;
   G.Hq = ceil_div(P.H + 2 * P.ph, P.sh);
   G.Wq = ceil_div(P.W + 2 * P.pw, P.sw);
   G.S = P.sh * P.sw;
   G.plane = G.Hq * G.Wq;
-  G.image = G.C4 * G.S * G.plane;
+  G.image = G.groups * G.S * G.plane;
   G.Qn = (P.Ho - 1) * G.Wq + P.Wo;
-  G.Qk = G.Qn + 32;
-  // A tile starting at q < Qn reads up to q + qv bytes past its step's offset, and the
-  // last step's offset ends within one row of the last sub-plane's end.
-  G.total = P.N * G.image + 2 * G.Wq + 2 * qv + 64;
+  G.Qk = G.Qn + vec;
+  // A tile starting at q < Qn reads up to q + tile elements past its step's offset, and
+  // the last step's offset ends within one row of the last sub-plane's end.
+  G.total = P.N * G.image + 2 * G.Wq + 2 * tile + 64;
   return G;
 }
 
-void lut_offsets(const ConvProblem& P, const LutGeometry& G, int64_t* xoff) {
-  for (int64_t c4 = 0; c4 < G.C4; ++c4)
+void plane_offsets(const ConvProblem& P, const PlaneGeometry& G, int64_t* xoff) {
+  for (int64_t g = 0; g < G.groups; ++g)
     for (int64_t i = 0; i < P.kh; ++i)
       for (int64_t j = 0; j < P.kw; ++j) {
         const int64_t y = i * P.dh, x = j * P.dw;
         const int64_t s = (y % P.sh) * P.sw + x % P.sw;
-        xoff[c4 * G.T + i * P.kw + j] = (c4 * G.S + s) * G.plane + (y / P.sh) * G.Wq + x / P.sw;
+        xoff[g * G.T + i * P.kw + j] = (g * G.S + s) * G.plane + (y / P.sh) * G.Wq + x / P.sw;
       }
 }
 
-void lut_kin(const ConvProblem& P, const LutGeometry& G, int32_t* kin) {
+void plane_kin(const ConvProblem& P, const PlaneGeometry& G, int32_t* kin) {
   std::vector<int32_t> nw(static_cast<size_t>(P.Wo));
   for (int64_t j = 0; j < P.Wo; ++j) {
     const core::TapRange t = core::tap_range(j, P.kw, P.sw, P.pw, P.dw, P.W);
@@ -88,7 +88,7 @@ void lut_weight_offsets(const uint64_t* w, const ConvProblem& P, const LutGeomet
                         uint16_t* wofs) {
   for (int64_t o = o0; o < o1; ++o) {
     uint16_t* row = wofs + o * G.K;
-    for (int64_t c4 = 0; c4 < G.C4; ++c4) {
+    for (int64_t c4 = 0; c4 < G.groups; ++c4) {
       const int64_t nb = P.C - 4 * c4 < 4 ? P.C - 4 * c4 : 4;
       for (int64_t t = 0; t < G.T; ++t) {
         int table = kZeroTable;
@@ -249,7 +249,7 @@ IRNET_INLINE void transpose16x16(__m128i r[16]) {
 }
 
 void prep_planes(const ConvProblem& P, const LutGeometry& G, int64_t u0, int64_t u1, uint8_t* planes) {
-  const int64_t words = P.words, sw = P.sw, C4 = G.C4, cstride = G.S * G.plane;
+  const int64_t words = P.words, sw = P.sw, C4 = G.groups, cstride = G.S * G.plane;
   const __m128i low4 = _mm_set1_epi8(0x0F);
   for (int64_t u = u0; u < u1; ++u) {
     const int64_t r = u % G.Hq, na = u / G.Hq;

@@ -37,21 +37,29 @@
 namespace irnet {
 namespace cpu {
 
-struct LutGeometry {
-  int64_t C4 = 0;     // nibbles per pixel: ceil(C / 4)
-  int64_t T = 0;      // taps: kh * kw
-  int64_t K = 0;      // lookups per dot: C4 * T (step k = c4 * T + tap)
-  int64_t Hq = 0;     // sub-plane rows: ceil(Hp / sh)
-  int64_t Wq = 0;     // sub-plane columns (and output grid pitch): ceil(Wp / sw)
-  int64_t S = 0;      // sub-planes per nibble: sh * sw
-  int64_t plane = 0;  // bytes of a sub-plane: Hq * Wq
-  int64_t image = 0;  // bytes of one image's planes: C4 * S * plane
-  int64_t Qn = 0;     // output grid positions per image: (Ho - 1) * Wq + Wo
-  int64_t Qk = 0;     // entries of kin: Qn + 32 (a tile's last vector reads up to 31 past its end)
-  int64_t total = 0;  // bytes of the planes buffer, with slack for the last tile's reads
+// The plane layout above, shared with the position-vectorized popcount kernel
+// (xnor_planes.h), whose elements are L-channel lanes (L/8 bytes) instead of nibbles.
+// Sizes and offsets count elements (the LUT kernel's are bytes).
+struct PlaneGeometry {
+  int64_t groups = 0;  // elements per pixel: ceil(C / group_channels) (LUT: nibbles)
+  int64_t T = 0;       // taps: kh * kw
+  int64_t K = 0;       // steps per dot: groups * T (LUT: step k = group * T + tap)
+  int64_t Hq = 0;      // sub-plane rows: ceil(Hp / sh)
+  int64_t Wq = 0;      // sub-plane columns (and output grid pitch): ceil(Wp / sw)
+  int64_t S = 0;       // sub-planes per group: sh * sw
+  int64_t plane = 0;   // elements of a sub-plane: Hq * Wq
+  int64_t image = 0;   // elements of one image's planes: groups * S * plane
+  int64_t Qn = 0;      // output grid positions per image: (Ho - 1) * Wq + Wo
+  int64_t Qk = 0;      // entries of kin: Qn + one vector (a vector starting before Qn reads kin past it)
+  int64_t total = 0;   // elements of the planes buffer, with slack for the last tile's reads
 };
+using LutGeometry = PlaneGeometry;
 
-LutGeometry lut_geometry(const ConvProblem& P, int64_t qv);
+// group_channels: channels per element; vec: grid positions per vector; tile: positions
+// a register tile spans (its reads past a step's offset).
+PlaneGeometry plane_geometry(const ConvProblem& P, int64_t group_channels, int64_t vec, int64_t tile);
+// The LUT kernel's: nibbles, 32-byte vectors, qv positions per tile.
+inline LutGeometry lut_geometry(const ConvProblem& P, int64_t qv) { return plane_geometry(P, 4, 32, qv); }
 
 // The kernel counts matches in 16-bit lanes, at most 4 per step: it takes dots of up to
 // this many steps (K = ceil(C/4) * kh * kw; a 3x3 layer with up to 7280 input channels).
@@ -88,11 +96,11 @@ struct LutKernels {
 // The AVX2 kernels, or nullptr where the CPU (or the build) has no AVX2.
 const LutKernels* lut_kernels();
 
-// xoff[k] for the K steps (see the layout above).
-void lut_offsets(const ConvProblem& P, const LutGeometry& G, int64_t* xoff);
+// xoff[k] for the K steps, k = group * T + tap (see the layout above), in elements.
+void plane_offsets(const ConvProblem& P, const PlaneGeometry& G, int64_t* xoff);
 // kin[q] (q < G.Qk): K_in = C * (in-frame kernel rows) * (in-frame kernel columns) of
 // grid position q = ho * Wq + wo, 0 where wo >= Wo or q >= Qn (positions computed and dropped).
-void lut_kin(const ConvProblem& P, const LutGeometry& G, int32_t* kin);
+void plane_kin(const ConvProblem& P, const PlaneGeometry& G, int32_t* kin);
 // wofs rows [o0, o1) of opad: the table of each (o, k) from w_bits (O, kh, kw, words)
 // (tail bits past C zero); rows past O point at the all-zero table.
 void lut_weight_offsets(const uint64_t* w, const ConvProblem& P, const LutGeometry& G, int64_t o0, int64_t o1,

@@ -11,6 +11,7 @@
 #include "core/bitpack.h"
 #include "core/conv_geometry.h"
 #include "cpu/xnor_lut.h"
+#include "cpu/xnor_planes.h"
 #include "cpu/xnor_simd.h"
 
 using namespace irnet;
@@ -210,9 +211,9 @@ static void test_lut() {
     std::vector<uint16_t> wofs(opad * G.K);
     cpu::lut_weight_offsets(w.data(), P, G, 0, opad, wofs.data());
     std::vector<int64_t> xoff(G.K);
-    cpu::lut_offsets(P, G, xoff.data());
+    cpu::plane_offsets(P, G, xoff.data());
     std::vector<int32_t> kin(G.Qk);
-    cpu::lut_kin(P, G, kin.data());
+    cpu::plane_kin(P, G, kin.data());
     P.x = x.data();
     std::vector<uint8_t> planes(G.total, 0x80);
     const int64_t units = P.N * P.sh * G.Hq;
@@ -244,6 +245,136 @@ static void test_lut() {
             (long long)c.N, (long long)c.C, (long long)c.H, (long long)c.W, (long long)c.O, (long long)c.kh,
             (long long)c.kw, (long long)c.s, (long long)c.p, (long long)c.d, cl, bad);
     }
+  }
+}
+
+// The AVX-512 planes kernel (cpu/xnor_planes.h) against the naive conv: every conv case
+// and cases aimed at it (each lane width and group count, dots past the 8- and 16-bit
+// lanes' chunk limits, all-matching dots at those limits, images narrower than a vector,
+// Wo = 1, grid and row-start vectors), from packed bits and from float32 NCHW input,
+// NCHW and channels_last output, run in uneven vector blocks and channel groups; and the
+// fused epilogue on a few.
+static void test_planes() {
+  const cpu::PlanesKernels* k = cpu::planes_kernels();
+  if (k == nullptr) {
+    std::printf("planes kernel: not available on this CPU\n");
+    return;
+  }
+  std::printf("testing the planes kernel\n");
+  // the lane width rule: the fewest bits per position and tap, the wider lanes on a tie
+  const int64_t widths[][2] = {{1, 8},   {8, 8},   {9, 16},  {16, 16}, {17, 32},  {24, 32},  {32, 32},
+                               {33, 16}, {48, 16}, {64, 64}, {65, 16}, {100, 16}, {248, 64}, {256, 64}};
+  for (const auto& cw : widths) CHECK(cpu::planes_lane_bits(cw[0]) == cw[1], "lane bits of C=%lld", (long long)cw[0]);
+  std::vector<ConvCase> cases(std::begin(kConvCases), std::end(kConvCases));
+  const ConvCase extra[] = {
+      {2, 7, 9, 8, 5, 3, 3, 1, 1, 1},    {1, 8, 7, 40, 9, 3, 3, 2, 1, 1},   {2, 9, 5, 5, 3, 3, 3, 1, 1, 1},
+      {1, 15, 33, 31, 4, 3, 3, 1, 1, 1}, {2, 16, 32, 32, 11, 3, 3, 1, 1, 1}, {1, 16, 32, 32, 16, 3, 3, 2, 1, 1},
+      {1, 17, 6, 7, 8, 3, 3, 1, 1, 1},   {2, 31, 16, 16, 9, 3, 3, 1, 1, 1},  {1, 32, 16, 16, 32, 3, 3, 2, 1, 1},
+      {1, 33, 9, 9, 3, 3, 3, 1, 2, 2},   {1, 48, 10, 10, 8, 3, 3, 1, 1, 1},  {1, 63, 8, 8, 8, 3, 3, 1, 1, 1},
+      {2, 64, 8, 8, 17, 3, 3, 1, 1, 1},  {1, 65, 7, 9, 5, 3, 3, 1, 1, 1},    {1, 248, 5, 6, 3, 3, 3, 1, 1, 1},
+      {1, 8, 12, 12, 3, 7, 7, 1, 3, 1},  {1, 16, 2, 2052, 2, 2, 2050, 1, 0, 1},  {1, 16, 5, 1, 3, 3, 3, 1, 1, 1},
+      {1, 5, 4, 2, 3, 3, 3, 1, 1, 1},    {3, 1, 1, 1, 2, 1, 1, 1, 0, 1},     {1, 16, 20, 9, 4, 3, 3, 1, 5, 1},
+      {1, 248, 4, 4, 2, 3, 3, 1, 1, 1},  {2, 65, 6, 6, 3, 3, 3, 1, 1, 1},
+  };
+  cases.insert(cases.end(), std::begin(extra), std::end(extra));
+  for (size_t ci = 0; ci < cases.size(); ++ci) {
+    const ConvCase& c = cases[ci];
+    cpu::ConvProblem P = conv_problem(c);
+    if (P.Ho < 1 || P.Wo < 1) continue;
+    const cpu::PlanesLayout Y = cpu::planes_layout(P);
+    // float activations (with -0.0, NaN, inf) and their packed bits; the weights' bits
+    std::vector<float> xf(c.N * c.C * c.H * c.W);
+    for (auto& v : xf) v = rand_value();
+    std::vector<uint64_t> x(c.N * c.H * c.W * P.words, 0);
+    for (int64_t n = 0; n < c.N; ++n)
+      for (int64_t m = 0; m < c.H * c.W; ++m)
+        core::pack_row_strided(xf.data() + n * c.C * c.H * c.W + m, c.H * c.W, c.C, x.data() + (n * c.H * c.W + m) * P.words);
+    std::vector<uint64_t> w = random_bits(c.O * c.kh * c.kw, c.C);
+    // every sign equal (+1): the largest counts a lane takes, here past the 8-bit lanes' 31
+    // steps (7x7 taps of 8 channels) and the 16-bit lanes' 4095 (2 x 2050 taps of 16)
+    const bool all_match = (c.C == 8 && c.kh == 7) || c.kw == 2050 || (c.C == 248 && c.H == 4);
+    if (all_match) {
+      for (auto& v : xf) v = 1.0f;
+      for (auto& v : x) v = 0;
+      for (auto& v : w) v = 0;
+    }
+    const int64_t tiles = (c.O + Y.ob - 1) / Y.ob;
+    std::vector<uint64_t> wl(tiles * Y.G.K * Y.ob);
+    cpu::planes_weights(w.data(), P, Y, 0, tiles, wl.data());
+    cpu::PlanesTables tables;
+    cpu::planes_tables(P, Y, tables);
+    const int64_t E = Y.lane_bits / 8;
+    std::vector<float> scale(c.O), alpha(c.O), beta(c.O);
+    for (int64_t o = 0; o < c.O; ++o) {
+      scale[o] = std::ldexp(1.0f, int(rng() % 7) - 3);
+      alpha[o] = rand_value();
+      beta[o] = rand_value();
+    }
+    const std::vector<float> want = naive_conv(x, w, &scale, P);
+    std::vector<float> residual(want.size());
+    for (auto& v : residual) v = rand_value();
+    // the packed input with stray bits past C (the kernel must read only the C channels)
+    std::vector<uint64_t> x_junk(x);
+    for (size_t i = P.words - 1; i < x_junk.size(); i += P.words) x_junk[i] |= ~core::tail_mask(c.C) & rng();
+    // bit 0: channels_last; bit 1: float input; modes 4-7 fused, with a residual below 6
+    for (int mode = 0; mode < 8; ++mode) {
+      const bool cl = mode & 1, from_float = mode & 2 && mode < 4, fused = mode >= 4;
+      P.x = from_float ? nullptr : (mode == 0 ? x_junk.data() : x.data());
+      P.xf = from_float ? xf.data() : nullptr;
+      std::vector<unsigned char> planes(Y.G.total * E, 0xA5);  // padding elements are written by prep
+      const int64_t units = P.N * P.sh * Y.G.Hq;
+      for (int64_t u0 = 0; u0 < units; u0 += 3) k->prep_planes(P, Y, u0, u0 + 3 < units ? u0 + 3 : units, planes.data());
+      cpu::PlanesProblem Q;
+      Q.P = &P, Q.Y = Y, Q.planes = planes.data(), Q.tables = &tables, Q.w = wl.data(), Q.scale = scale.data();
+      std::vector<float> out(P.N * c.O * P.Ho * P.Wo, NAN);
+      P.out = out.data();
+      P.out_cl = cl;
+      P.alpha = fused ? alpha.data() : nullptr, P.beta = fused ? beta.data() : nullptr;
+      P.residual = fused && mode < 6 ? residual.data() : nullptr;  // (NCHW order: residual values per (n, o, m))
+      std::vector<float> res_cl;
+      if (P.residual && cl) {  // the same residual values, laid out like the channels_last output
+        res_cl.resize(residual.size());
+        for (int64_t n = 0; n < P.N; ++n)
+          for (int64_t o = 0; o < c.O; ++o)
+            for (int64_t m = 0; m < P.Ho * P.Wo; ++m)
+              res_cl[(n * P.Ho * P.Wo + m) * c.O + o] = residual[(n * c.O + o) * P.Ho * P.Wo + m];
+        P.residual = res_cl.data();
+      }
+      P.lo = -1.5f, P.hi = 2.0f;
+      const int64_t vb = 3, og = 2 * Y.ob;  // blocks that do not line up with the tiles
+      std::vector<unsigned char> scratch(k->scratch_bytes(Y, og));
+      for (int64_t n = 0; n < P.N; ++n)
+        for (int64_t v0 = 0; v0 < Y.vectors; v0 += vb)
+          for (int64_t o0 = 0; o0 < c.O; o0 += og)
+            k->conv_block(Q, n, v0, v0 + vb < Y.vectors ? v0 + vb : Y.vectors, o0, o0 + og < c.O ? o0 + og : c.O,
+                          scratch.data());
+      int bad = 0;
+      for (int64_t n = 0; n < P.N; ++n)
+        for (int64_t o = 0; o < c.O; ++o)
+          for (int64_t m = 0; m < P.Ho * P.Wo; ++m) {
+            const int64_t i = (n * c.O + o) * P.Ho * P.Wo + m;
+            const float got = cl ? out[(n * P.Ho * P.Wo + m) * c.O + o] : out[i];
+            float expect = want[i];
+            if (fused) {  // clamp((y * a + b) + r, lo, hi), NaN kept
+              float v = expect * alpha[o] + beta[o];
+              if (P.residual) v = v + residual[i];
+              v = v < P.lo ? P.lo : v;
+              expect = v > P.hi ? P.hi : v;
+            }
+            bad += std::memcmp(&got, &expect, sizeof(float)) != 0 && !(std::isnan(got) && std::isnan(expect));
+          }
+      CHECK(bad == 0,
+            "planes conv N=%lld C=%lld %lldx%lld O=%lld k=%lldx%lld s=%lld p=%lld d=%lld L=%d rows=%d mode=%d: %d wrong",
+            (long long)c.N, (long long)c.C, (long long)c.H, (long long)c.W, (long long)c.O, (long long)c.kh,
+            (long long)c.kw, (long long)c.s, (long long)c.p, (long long)c.d, Y.lane_bits, int(Y.rows), mode, bad);
+    }
+    P.alpha = P.beta = P.residual = nullptr;
+  }
+  uint64_t sink = 0;
+  for (int L : {8, 16, 32, 64}) {  // the tile of a layer with L channels
+    const cpu::PlanesLayout Y = cpu::planes_layout(conv_problem(ConvCase{1, L, 8, 8, 8, 3, 3, 1, 1, 1}));
+    CHECK(Y.lane_bits == L && k->peak_probe(L, 40, 3, &sink) == 3 * 40 * int64_t(Y.ob) * Y.nv * 512,
+          "planes peak probe count L=%d", L);
   }
 }
 
@@ -315,6 +446,7 @@ int main() {
   }
   CHECK(cpu::level_kernels("sse9") == nullptr && !cpu::is_known_level("sse9"), "unknown level");
   test_lut();
+  test_planes();
   if (g_failures) {
     std::printf("%d check(s) failed\n", g_failures);
     return 1;

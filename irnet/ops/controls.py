@@ -2,12 +2,14 @@
 CUDA conv algorithm.
 
 The CPU XNOR kernels (csrc/cpu/xnor_cpu.cpp) pick a SIMD level at load time (the best
-the CPU supports, or IRNET_SIMD=scalar|avx2|avx512), and the binary convolution has two
-algorithms: "popcount" (the XNOR-popcount register tile, every level) and "lut" (table
+the CPU supports, or IRNET_SIMD=scalar|avx2|avx512), and the binary convolution has these
+algorithms: "popcount" (the XNOR-popcount register tile, every level), "lut" (table
 lookups on 4-channel nibbles, AVX2 level only: faster for layers with few input channels
-on large images, see csrc/cpu/xnor_lut.h); "auto" (the default, or
-IRNET_CPU_CONV=auto|popcount|lut at load) picks per layer.  Both are exact: the choice
-changes speed, never a result.
+on large images, see csrc/cpu/xnor_lut.h) and "planes" (position-vectorized popcount on
+8- to 64-bit channel lanes, AVX-512 level with BITALG only: faster for layers with few
+input channels and on large maps, see csrc/cpu/xnor_planes.h); "auto" (the default, or
+IRNET_CPU_CONV=auto|popcount|lut|planes at load) picks per layer.  All are exact: the
+choice changes speed, never a result.
 
 On CUDA the binary convolution (and linear) has two exact kernels as well: "popc" (XNOR and
 popcount on the CUDA cores) and "mma" (1-bit tensor cores, mma.m16n8k256 AND + popcount,
@@ -66,21 +68,24 @@ def set_cpu_simd_level(level: str) -> None:
 
 
 def cpu_conv_algorithm() -> str:
-    """The CPU convolution algorithm setting: 'auto', 'popcount' or 'lut' ('reference'
-    without the compiled kernels)."""
+    """The CPU convolution algorithm setting: 'auto', 'popcount', 'lut' or 'planes'
+    ('reference' without the compiled kernels)."""
     return _read_control("cpu_conv_algorithm")
 
 
 def cpu_conv_algorithms() -> list:
     """The settings that make a difference at the current SIMD level: ['auto', 'popcount',
-    'lut'] at 'avx2', ['auto', 'popcount'] elsewhere (there 'lut' runs popcount)."""
+    'lut'] at 'avx2', ['auto', 'popcount', 'planes'] at 'avx512' on a CPU with AVX-512
+    BITALG and VPOPCNTDQ, ['auto', 'popcount'] elsewhere (there the other names run
+    popcount)."""
     return _read_control("cpu_conv_algorithms", list, ["reference"])
 
 
 def set_cpu_conv_algorithm(algorithm: str) -> None:
-    """Set the CPU convolution algorithm: 'auto' (per layer), 'popcount', or 'lut' (wherever
-    the LUT kernel applies: AVX2 level, padding not much larger than the image).  Raises
-    RuntimeError for another name; a no-op on the reference path."""
+    """Set the CPU convolution algorithm: 'auto' (per layer), 'popcount', 'lut' (wherever
+    the LUT kernel applies: AVX2 level, padding not much larger than the image) or 'planes'
+    (wherever the planes kernel applies: AVX-512 level with BITALG, padding not much larger
+    than the image).  Raises RuntimeError for another name; a no-op on the reference path."""
     _set_control("set_cpu_conv_algorithm", algorithm)
 
 
