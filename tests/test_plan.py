@@ -236,3 +236,23 @@ def test_packed_bits_stay_contiguous_in_channels_last():
         packed = packed.to(memory_format=torch.channels_last)
         layers = irnet.deploy.packed_layers(packed)
         assert layers and all(m.bits.is_contiguous() for m in layers)
+
+
+def test_fused_model_runs_in_its_preferred_layout_whatever_the_input():
+    """convert(fuse=True) picks the layout the network runs fastest in (channels_last for
+    VGG-Small / ResNet-18, NCHW for ResNet-20) and copies an input in the other layout into
+    it first, on every path, so the logits do not depend on the input's layout."""
+    from irnet.deploy.convert import preferred_memory_format
+    for name, want in (("resnet20_1w1a", torch.contiguous_format), ("vgg_small_1w1a", torch.channels_last)):
+        fused = irnet.deploy.convert(trained_like(name, 32), fuse=True)
+        assert fused.input_format == want == preferred_memory_format(fused.model)
+        x = torch.randn(2, 3, 32, 32)
+        other = x.contiguous(memory_format=torch.channels_last if want == torch.contiguous_format else torch.contiguous_format)
+        y = run_plan(fused, x.contiguous(memory_format=want))
+        assert torch.equal(run_plan(fused, other), y)
+        assert torch.equal(module_by_module(fused, other), y)
+        # .to(memory_format=...) chooses another layout
+        flipped = copy.deepcopy(fused).to(memory_format=torch.channels_last if want == torch.contiguous_format
+                                          else torch.contiguous_format)
+        assert flipped.input_format != want
+        torch.testing.assert_close(run_plan(flipped, x), y, rtol=1e-4, atol=1e-4)

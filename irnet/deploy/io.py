@@ -378,6 +378,8 @@ def load(path: str, map_location="cpu") -> nn.Module:
     if problems:
         raise PackedModelError(f"{where}: the tensors do not fit model {name!r} {kwargs}: {'; '.join(problems)}")
     skeleton.load_state_dict(tensors, strict=True)
-    if info["memory_format"] == "channels_last":
-        skeleton = skeleton.to(memory_format=torch.channels_last)
+    # the saved layout, also where convert chose another one (a fused model's layout is the one
+    # it runs in: irnet.deploy.PackedModel)
+    skeleton = skeleton.to(memory_format=torch.channels_last if info["memory_format"] == "channels_last"
+                           else torch.contiguous_format)
     return skeleton.to(map_location).eval()

@@ -100,6 +100,15 @@ class PackedModel(nn.Module):
         self._plan, self._plan_error = None, None
         return super()._apply(fn, *args, **kwargs)
 
+    def to(self, *args, **kwargs):
+        """As ``nn.Module.to``; a ``memory_format`` also becomes the layout the network runs in
+        (``input_format``)."""
+        fmt = torch._C._nn._parse_to(*args, **kwargs)[3]
+        out = super().to(*args, **kwargs)
+        if fmt is not None:
+            self.input_format = fmt
+        return out
+
     def __getstate__(self):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
         state = dict(state)
