@@ -10,9 +10,9 @@ For every layer (batch 1 and 16; --quick: batch 1 only, fewer repeats) it times
                 (what a deployed layer runs);
   * xnor+wpack  irnet.ops.xnor_conv2d(x, w) with the float weight: packs it every call;
   * packed      torch.ops.irnet.xnor_conv2d on pre-packed activations and weights;
-  * pop, lut    the packed path with each CPU conv algorithm forced (where the level has
-                both: AVX2), to show which one "auto" (used by all the rows above) should
-                pick (irnet.ops.set_cpu_conv_algorithm);
+  * pop, lut, pla  the packed path with each CPU conv algorithm of the level forced (AVX2:
+                popcount and lut; AVX-512: popcount and planes), to show which one "auto"
+                (used by all the rows above) should pick (irnet.ops.set_cpu_conv_algorithm);
 (the kernels keep the inner-loop layout of a weight between calls, verified equal to
 the weight bits each call, so xnor and packed time a deployed layer's steady state);
   * float32     torch.nn.functional.conv2d, same input, same thread count;
@@ -35,9 +35,9 @@ measures that situation.
 Binary MAC/s counts C_in*kh*kw*C_out*Ho*Wo*N multiply-accumulates of +-1 values.  The
 binary peak is measured by probes of the convolution's inner loops on L1-resident
 operands, on all threads: torch.ops.irnet.cpu_popcount_peak_bench (the current SIMD
-level's XNOR-popcount register tile) and, where the table-lookup kernel exists (AVX2),
-torch.ops.irnet.cpu_lut_peak_bench (its register tile); the machine's binary peak is the
-faster of the two.  This machine's speed drifts within a run (by 1.4x in one run), so each
+level's XNOR-popcount register tile) and the level's other tile: where the table-lookup
+kernel exists (AVX2) torch.ops.irnet.cpu_lut_peak_bench, where the planes kernel exists
+(AVX-512) torch.ops.irnet.cpu_planes_peak_bench; the machine's binary peak is the faster.  This machine's speed drifts within a run (by 1.4x in one run), so each
 layer's probe runs in the same round-robin rounds as its methods (one short probe per
 round, the median like the times), and "% peak" is the packed path's binary MAC/s over
 that; longer probes at the start and end of the run are reported too.  Writes
@@ -76,11 +76,21 @@ REFERENCE_MAX_MACS = 60e6  # the reference runs only below this many MACs
 def peak_probes(scale: int = 4) -> dict:
     """Each kernel's peak probe (binary MAC/s, all threads; ~0.5 ms x scale each): the
     popcount tile at 64 words (4096 channels) per dot, the LUT tile at 576 steps (256
-    channels x 3x3) per dot."""
+    channels x 3x3) per dot, the planes tile at 144 steps of 64-bit lanes (1024 channels x
+    3x3) per dot."""
     probes = {"popcount": lambda: torch.ops.irnet.cpu_popcount_peak_bench(64, 5000 * scale)}
-    if "lut" in ops.cpu_conv_algorithms():
+    algos = ops.cpu_conv_algorithms()
+    if "lut" in algos:
         probes["lut"] = lambda: torch.ops.irnet.cpu_lut_peak_bench(576, 500 * scale)
+    if "planes" in algos:
+        probes["planes"] = lambda: torch.ops.irnet.cpu_planes_peak_bench(144, 1000 * scale, 64)
     return probes
+
+
+def level_algorithms() -> list:
+    """The conv algorithms of the current level that run different code ([] where only one)."""
+    algos = [a for a in ops.cpu_conv_algorithms() if a != "auto"]
+    return algos if len(algos) > 1 else []
 
 
 def measure_peaks(tries: int = 7) -> dict:
@@ -128,7 +138,7 @@ def main(argv=None):
           f"torch {torch.__version__}, malloc {args.malloc}, load average {load_start:.2f}")
     print("binary peak at start (register tiles, L1-resident, all threads): "
           + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks_start.items()) + " GMAC/s\n")
-    algos = [a for a in ("popcount", "lut") if "lut" in ops.cpu_conv_algorithms()]
+    algos = level_algorithms()
     hdr = (f"{'layer':<22}{'float32':>10}{'xnor':>10}{'+wpack':>10}{'packed':>10}"
            + "".join(f"{a[:3]:>8}" for a in algos) + f"{'ref':>10}"
            f"{'bin GMAC/s':>12}{'% peak':>8}{'speedup':>9}{'packed x':>9}")
@@ -180,7 +190,8 @@ def main(argv=None):
                 "speedup_xnor_wpack": t["float32"] / t["xnor_wpack"],
                 "speedup_packed": t["float32"] / t["packed"],
                 "speedup_vs_reference": (t["reference"] / t["xnor"]) if "reference" in t else None,
-                "lut_over_popcount": (t["packed_popcount"] / t["packed_lut"]) if algos else None,
+                # > 1: the algorithm is faster than popcount on this layer
+                "algorithm_speed_over_popcount": {a: t["packed_popcount"] / t["packed_" + a] for a in algos},
             }
             rows.append(row)
             name = f"{net} {c}@{hw} b{batch}"
@@ -191,7 +202,7 @@ def main(argv=None):
                   f"{row['binary_gmacs_packed']:12.0f}{row['fraction_of_peak'] * 100:7.0f}%"
                   f"{row['speedup_xnor']:8.1f}x{row['speedup_packed']:8.1f}x")
     print("(times in ms; speedup = float32 / xnor, packed x = float32 / packed"
-          + ("; pop, lut: packed with that algorithm forced" if algos else "") + ")\n")
+          + (f"; {', '.join(a[:3] for a in algos)}: packed with that algorithm forced" if algos else "") + ")\n")
     # other processes can only slow a probe down: take the best of the start and end probes
     peaks_end = measure_peaks()
     peak_end = max(peaks_end.values())
@@ -234,9 +245,10 @@ def main(argv=None):
         "peak_binary_macs_per_s": peak,
         "peak_binary_macs_per_s_start_end": [peak_start, peak_end],
         "peak_binary_macs_per_s_by_kernel": peaks,
-        "peak_method": "the faster of torch.ops.irnet.cpu_popcount_peak_bench(64, 5000 k) (the SIMD level's "
+        "peak_method": "the fastest of torch.ops.irnet.cpu_popcount_peak_bench(64, 5000 k) (the SIMD level's "
                        "XNOR-popcount register tile) and, with AVX2, torch.ops.irnet.cpu_lut_peak_bench(576, 500 k) "
-                       "(the table-lookup register tile), on L1-resident operands, all threads; per layer (rows' "
+                       "(the table-lookup register tile), with AVX-512 BITALG torch.ops.irnet.cpu_planes_peak_bench("
+                       "144, 1000 k, 64) (the planes register tile), on L1-resident operands, all threads; per layer (rows' "
                        "peak_binary_macs_per_s, fraction_of_peak): k = 1, one probe per round-robin round of the "
                        "layer's methods, median; the run's peak_binary_macs_per_s*: k = 4, best of 7 at the start "
                        "and 7 at the end",

@@ -50,6 +50,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
 from irnet import deploy, models  # noqa: E402
 
 ITERATION = "profile_layers::forward"
@@ -309,8 +310,16 @@ def main():
     ap.add_argument("--iters", type=int, default=None, help="profiled forwards (default: ~0.5 s worth, 3-50)")
     ap.add_argument("--top", type=int, default=8, help="modules listed")
     ap.add_argument("--json", default=None, help="also write the profiles here")
+    ap.add_argument("--malloc", choices=["default", "keep"], default="keep",
+                    help="keep (default, as bench_cpu_model.py): glibc keeps freed memory, so big activations "
+                         "come back without page faults; default: glibc's own settings")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.malloc == "keep":
+        from machine import keep_freed_memory
+
+        if not keep_freed_memory():
+            sys.exit("--malloc keep needs glibc's mallopt")
     model = calibrated_model(args.model)
     packed = deploy.convert(model, fuse=not args.unfused)
     size = input_size(args.model)
