@@ -592,7 +592,7 @@ void run_conv_planes(ConvProblem& P, const Tensor& w_bits, const PlanesKernels* 
   Q.P = &P;
   Q.Y = Y;
   Q.planes = planes.get();
-  Q.tables = tables.get();
+  Q.tables = planes_table_view(*tables);
   Q.w = reinterpret_cast<const uint64_t*>(lay.wlanes.const_data_ptr<int64_t>());
   Q.scale = P.scale ? P.scale : P.ones;
   const int64_t vb = 4 * Y.nv;  // vectors per task

@@ -4,9 +4,6 @@
 // handed out only where the CPU has it.  Torch-free.
 #include "cpu/xnor_planes.h"
 
-#include <cstring>
-
-#include "core/conv_geometry.h"
 #include "cpu/fused_epilogue.h"
 
 #if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
@@ -22,8 +19,8 @@ namespace cpu {
 namespace {
 IRNET_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The register tile per lane width (tuned with the peak probe and the layers of
-// planes_kernels(); the weights are padded to whole tiles of kTileChannels).
+// The register tile (the shapes tried: xnor_planes.h); the weights are padded to whole
+// tiles of kTileChannels.
 constexpr int kTileChannels = 8;  // OB
 // NV: 2 vectors for 16-bit lanes, 3 otherwise
 constexpr int tile_vectors(int lane_bits) { return lane_bits == 16 ? 2 : 3; }
@@ -144,6 +141,18 @@ void planes_tables(const ConvProblem& P, const PlanesLayout& Y, PlanesTables& ou
   out.max_runs = 0;
   for (int64_t v = 0; v < Y.vectors; ++v)
     if (out.run_begin[v + 1] - out.run_begin[v] > out.max_runs) out.max_runs = out.run_begin[v + 1] - out.run_begin[v];
+}
+
+PlanesTableView planes_table_view(const PlanesTables& t) {
+  PlanesTableView v;
+  v.xoff = t.xoff.data();
+  v.kin = t.kin.data();
+  v.mask = t.mask.data();
+  v.vq = t.vq.data();
+  v.run_begin = t.run_begin.data();
+  v.runs = t.runs.data();
+  v.max_runs = t.max_runs;
+  return v;
 }
 
 #if IRNET_PLANES_X86
@@ -382,13 +391,13 @@ struct TileOut {
 // (NaN kept).  Everything the epilogue reads is local here, so that it stays in registers
 // across its stores.
 template <int L, int MODE, int NVT>
-void block(const PlanesTables& Tb, const typename Lane<L>::elem* xim, int64_t v, int64_t T, int64_t G,
+void block(const PlanesTableView& Tb, const typename Lane<L>::elem* xim, int64_t v, int64_t T, int64_t G,
            int64_t gstride, int64_t chunk, const TileOut& to, int32_t* part) {
   using E = typename Lane<L>::elem;
   constexpr int V = 512 / L, NP = Lane<L>::kPieces;
   constexpr int RUNS = MODE == kRuns ? kMaxRuns : 1;
   constexpr __mmask16 kPieceLanes = V >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << V) - 1);  // a piece's positions
-  const E* mask = reinterpret_cast<const E*>(Tb.mask.data());
+  const E* mask = static_cast<const E*>(Tb.mask);
   const float* scale = to.scale;
   const int64_t nch = to.nch, step = to.step;
   const bool fused = MODE != kStaged && to.alpha != nullptr;
@@ -405,7 +414,7 @@ void block(const PlanesTables& Tb, const typename Lane<L>::elem* xim, int64_t v,
     const int64_t q = Tb.vq[v + p];
     xp[p] = xim + q;
     mp[p] = mask + q;
-    kin[p] = Tb.kin.data() + q;
+    kin[p] = Tb.kin + q;
     if constexpr (MODE == kStaged) {
       nrun[p] = 1;
       dst[p][0] = to.out + p * V;
@@ -440,18 +449,19 @@ void block(const PlanesTables& Tb, const typename Lane<L>::elem* xim, int64_t v,
           for (int q = 0; q < runs_p; ++q) r = _mm512_mask_loadu_ps(r, keep[p][q][i], rsd[p][q] + o * step + 16 * i);
           y = _mm512_add_ps(y, r);
         }
-        y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, lo, _CMP_LT_OQ), y, lo);
-        y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, hi, _CMP_GT_OQ), y, hi);
+        // (VMAXPS / VMINPS return the second operand unless the first compares greater /
+        // less: lo > y ? lo : y and hi < y ? hi : y, fused_value's order, NaN y kept)
+        y = _mm512_min_ps(hi, _mm512_max_ps(lo, y));
       }
       for (int r = 0; r < runs_p; ++r) _mm512_mask_storeu_ps(dst[p][r] + o * step + 16 * i, keep[p][r][i], y);
     }
   };
-  tile<L, NVT>(xp, mp, Tb.xoff.data(), T, G, gstride, chunk, to.w, part, epi);
+  tile<L, NVT>(xp, mp, Tb.xoff, T, G, gstride, chunk, to.w, part, epi);
 }
 
 // block() for the last nv <= NVT vectors of an image's vectors.
 template <int L, int MODE, int NVT>
-IRNET_INLINE void block_vectors(int nv, const PlanesTables& Tb, const typename Lane<L>::elem* xim, int64_t v,
+IRNET_INLINE void block_vectors(int nv, const PlanesTableView& Tb, const typename Lane<L>::elem* xim, int64_t v,
                                 int64_t T, int64_t G, int64_t gstride, int64_t chunk, const TileOut& to,
                                 int32_t* part) {
   if (nv == NVT) {
@@ -480,7 +490,7 @@ void conv_block_lanes(const PlanesProblem& Q, int64_t n, int64_t v0, int64_t v1,
   constexpr int V = 512 / L, NV = tile_vectors(L);
   const ConvProblem& P = *Q.P;
   const PlanesLayout& Y = Q.Y;
-  const PlanesTables& Tb = *Q.tables;
+  const PlanesTableView& Tb = Q.tables;
   const int64_t T = Y.G.T, G = Y.G.groups, K = Y.G.K, gstride = Y.G.S * Y.G.plane, chunk = Y.chunk_taps;
   const int64_t O = P.O, HWo = P.Ho * P.Wo, nch = o1 - o0;
   auto* base = static_cast<unsigned char*>(scratch);
@@ -488,8 +498,8 @@ void conv_block_lanes(const PlanesProblem& Q, int64_t n, int64_t v0, int64_t v1,
   int32_t* part = reinterpret_cast<int32_t*>(base);
   float* ybuf = reinterpret_cast<float*>(part + OB * NVMAX * 64);
   const E* xim = static_cast<const E*>(Q.planes) + n * Y.G.image;
-  const PlanesRun* runs = Tb.runs.data();
-  const int64_t* run_begin = Tb.run_begin.data();
+  const PlanesRun* runs = Tb.runs;
+  const int64_t* run_begin = Tb.run_begin;
   // the block of vectors [v, v + nv) for channel tile ot, y to out + channel * step
   // (direct modes: out = the tile's first output plane, fused epilogue included)
   auto run = [&](int64_t v, int nv, int64_t ot, float* out, int64_t step) {
@@ -546,7 +556,7 @@ void conv_block_lanes(const PlanesProblem& Q, int64_t n, int64_t v0, int64_t v1,
 
 template <int L>
 void conv_block_mode(const PlanesProblem& Q, int64_t n, int64_t v0, int64_t v1, int64_t o0, int64_t o1, void* scratch) {
-  const int64_t runs = Q.tables->max_runs;
+  const int64_t runs = Q.tables.max_runs;
   if (Q.P->out_cl || runs > kMaxRuns)
     conv_block_lanes<L, kStaged>(Q, n, v0, v1, o0, o1, scratch);
   else if (runs == 1)

@@ -325,7 +325,7 @@ static void test_planes() {
       const int64_t units = P.N * P.sh * Y.G.Hq;
       for (int64_t u0 = 0; u0 < units; u0 += 3) k->prep_planes(P, Y, u0, u0 + 3 < units ? u0 + 3 : units, planes.data());
       cpu::PlanesProblem Q;
-      Q.P = &P, Q.Y = Y, Q.planes = planes.data(), Q.tables = &tables, Q.w = wl.data(), Q.scale = scale.data();
+      Q.P = &P, Q.Y = Y, Q.planes = planes.data(), Q.tables = cpu::planes_table_view(tables), Q.w = wl.data(), Q.scale = scale.data();
       std::vector<float> out(P.N * c.O * P.Ho * P.Wo, NAN);
       P.out = out.data();
       P.out_cl = cl;
