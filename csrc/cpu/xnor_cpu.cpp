@@ -797,10 +797,14 @@ Tensor conv2d_cpu(const char* op, const Tensor& x, const Tensor& w_bits, const s
   P.sh = stride[0], P.sw = stride[1], P.ph = padding[0], P.pw = padding[1], P.dh = dilation[0], P.dw = dilation[1];
   P.Ho = Ho, P.Wo = Wo;
   // float activations: packed here as pack_bits packs them (one op call less); the planes
-  // kernel packs float32 NCHW activations straight into its planes (one pass less)
-  if (float_in && x.scalar_type() == at::kFloat && x.is_contiguous()) {
+  // kernel packs float32 NCHW or channels_last activations straight into its planes (one
+  // pass less)
+  const bool xf_nchw = float_in && x.scalar_type() == at::kFloat && x.is_contiguous();
+  const bool xf_cl = float_in && x.scalar_type() == at::kFloat && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  if (xf_nchw || xf_cl) {
     if (const PlanesKernels* planes = planes_for(P, current())) {
       P.xf = x.const_data_ptr<float>();
+      P.xf_cl = !xf_nchw;
       P.out = out.data_ptr<float>();
       run_conv(P, masked_tail(w_bits.contiguous(), P.C), s, planes);
       return out;

@@ -684,6 +684,27 @@ IRNET_INLINE void deinterleave2(const E* src, E* dst0, E* dst1, int64_t n) {
   }
 }
 
+// The same from channels_last float32 activations: a pixel's channels [c0, c1) are
+// contiguous, so VCMPPS on them gives its element's bits directly as a mask register
+// (16 channels each; the channels past c1 are not read and give 0).
+template <int L>
+void row_elements_float_cl(const ConvProblem& P, int64_t n, int64_t h, int64_t g, typename Lane<L>::elem* dst) {
+  using E = typename Lane<L>::elem;
+  const int64_t c0 = g * L, nc = (P.C < c0 + L ? P.C : c0 + L) - c0, C = P.C;
+  const float* src = P.xf + (n * P.H + h) * P.W * C + c0;
+  const __m512 zero = _mm512_setzero_ps();
+  constexpr int kParts = L >= 16 ? L / 16 : 1;  // 16-channel compares per element
+  __mmask16 k[kParts];
+  for (int j = 0; j < kParts; ++j) k[j] = first_lanes(nc - 16 * j);
+  for (int64_t w = 0; w < P.W; ++w, src += C) {
+    uint64_t e = 0;
+#pragma GCC unroll 4
+    for (int j = 0; j < kParts; ++j)
+      e |= uint64_t(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(k[j], src + 16 * j), zero, _CMP_LT_OQ)) << (16 * j);
+    dst[w] = E(e);
+  }
+}
+
 // Units u = (n*sh + a)*Hq + r: row r of the sub-planes (a, b), b < sw, of every group of
 // image n; input row h = r*sh + a - ph (padded row r*sh + a), padded column c*sw + b.
 // With stride 1 the row's elements go straight into the plane; otherwise into a padded
@@ -708,7 +729,9 @@ void prep_planes_lanes(const ConvProblem& P, const PlanesLayout& Y, int64_t u0, 
         continue;
       }
       E* row = (sw == 1 ? gr : padded) + P.pw;
-      if (P.xf)
+      if (P.xf && P.xf_cl)
+        row_elements_float_cl<L>(P, n, h, g, row);
+      else if (P.xf)
         row_elements_float<L>(P, n, h, g, row);
       else
         row_elements_packed<L>(P, n, h, g, row);

@@ -139,7 +139,8 @@ struct PlanesProblem {
 
 struct PlanesKernels {
   // Fills the plane rows of units [u0, u1), u = (n*sh + y % sh)*Hq + r, from P.x (packed;
-  // bits past C ignored) or, where set, P.xf (float32 NCHW, contiguous: packed here, x < 0 -> 1);
+  // bits past C ignored) or, where set, P.xf (float32, contiguous NCHW or with P.xf_cl
+  // channels_last: packed here, x < 0 -> 1);
   // every element of planes[0, N*image) belongs to exactly one unit; the slack is the caller's.
   void (*prep_planes)(const ConvProblem& P, const PlanesLayout& Y, int64_t u0, int64_t u1, void* planes);
   // Vectors [v0, v1) of image n, output channels [o0, o1) (o0 a multiple of ob), written to
