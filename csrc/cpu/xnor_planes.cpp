@@ -324,8 +324,22 @@ IRNET_INLINE void copy_run(const float* src, float* dst, int64_t n) {
 // pairs and 8 of 64-bit pairs leave u[a] (channels 0-3) and u[a + 4] (4-7) holding pixel
 // 4l + a in 128-bit lane l; 8 two-source permutes then put pixels a and a + 4 (and a + 8,
 // a + 12) side by side, 8 channels each, stored as two masked halves.  (24 shuffles per
-// 128 values, against 24 per 64 in the AVX2 8 x 8 transpose.)
-IRNET_INLINE void transpose_store(const float* y, int64_t ld, int nc, int np, float* out, int64_t stride) {
+// 128 values, against 24 per 64 in the AVX2 8 x 8 transpose.)  With f set, the fused
+// epilogue on the way (as in block()): f->alpha, f->beta for the nc channels, f->res laid
+// out like out (or null).
+struct FusedArgs {
+  const float* alpha;
+  const float* beta;
+  const float* res;
+  float lo, hi;
+};
+// The 8 floats at p (k: those read) in both 256-bit halves.
+IRNET_INLINE __m512 twice8(__mmask8 k, const float* p) {
+  const __m256d v = _mm256_castps_pd(_mm256_maskz_loadu_ps(k, p));
+  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(v), v, 1));
+}
+IRNET_INLINE void transpose_store(const float* y, int64_t ld, int nc, int np, float* out, int64_t stride,
+                                  const FusedArgs* f) {
   const __mmask16 kp = first_lanes(np);
   __m512 r[8];
   for (int k = 0; k < 8; ++k) r[k] = k < nc ? _mm512_maskz_loadu_ps(kp, y + k * ld) : _mm512_setzero_ps();
@@ -343,10 +357,21 @@ IRNET_INLINE void transpose_store(const float* y, int64_t ld, int nc, int np, fl
   const __m512i pick[2] = {_mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23),
                            _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31)};
   const __mmask8 kc = __mmask8((1u << nc) - 1);
+  __m512 fa = _mm512_setzero_ps(), fb = fa, flo = fa, fhi = fa;
+  if (f) fa = twice8(kc, f->alpha), fb = twice8(kc, f->beta), flo = _mm512_set1_ps(f->lo), fhi = _mm512_set1_ps(f->hi);
   for (int a = 0; a < 4; ++a)
     for (int h = 0; h < 2; ++h) {  // pixels 8h + a (lanes 0-7) and 8h + 4 + a (lanes 8-15)
-      const __m512 w = _mm512_permutex2var_ps(u[a], pick[h], u[a + 4]);
+      __m512 w = _mm512_permutex2var_ps(u[a], pick[h], u[a + 4]);
       const int p0 = 8 * h + a, p1 = p0 + 4;
+      if (f) {
+        w = _mm512_add_ps(_mm512_mul_ps(w, fa), fb);
+        if (f->res) {
+          const __m256d r0 = _mm256_castps_pd(p0 < np ? _mm256_maskz_loadu_ps(kc, f->res + p0 * stride) : _mm256_setzero_ps());
+          const __m256d r1 = _mm256_castps_pd(p1 < np ? _mm256_maskz_loadu_ps(kc, f->res + p1 * stride) : _mm256_setzero_ps());
+          w = _mm512_add_ps(w, _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(r0), r1, 1)));
+        }
+        w = _mm512_min_ps(fhi, _mm512_max_ps(flo, w));  // (as in block())
+      }
       // (256-bit stores: a 512-bit masked store reaching into the previous pixel's line
       // was 3x slower here)
       if (p0 < np) _mm256_mask_storeu_ps(out + p0 * stride, kc, _mm512_castps512_ps256(w));
@@ -539,16 +564,15 @@ void conv_block_lanes(const PlanesProblem& Q, int64_t n, int64_t v0, int64_t v1,
           }
           continue;
         }
-        float* row = P.out + (n * HWo + R.m) * O + o0;  // the run's first pixel
+        const int64_t at = (n * HWo + R.m) * O + o0;  // the run's first pixel
         for (int64_t j = 0; j < R.len; j += 16)
-          for (int64_t c = 0; c < nch; c += 8)
+          for (int64_t c = 0; c < nch; c += 8) {
+            FusedArgs f{};
+            if (P.alpha)
+              f = FusedArgs{P.alpha + o0 + c, P.beta + o0 + c, P.residual ? P.residual + at + j * O + c : nullptr, P.lo,
+                            P.hi};
             transpose_store(y + c * kBlock + j, kBlock, int(nch - c < 8 ? nch - c : 8), int(R.len - j < 16 ? R.len - j : 16),
-                            row + j * O + c, O);
-        if (P.alpha)
-          for (int64_t j = 0; j < R.len; ++j) {
-            const int64_t at = (n * HWo + R.m + j) * O + o0;
-            fused_channels(P.out + at, P.residual ? P.residual + at : nullptr, nch, P.alpha + o0, P.beta + o0, P.lo,
-                           P.hi);
+                            P.out + at + j * O + c, O, P.alpha ? &f : nullptr);
           }
       }
   }
