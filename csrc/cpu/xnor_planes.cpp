@@ -327,7 +327,7 @@ IRNET_INLINE void copy_run(const float* src, float* dst, int64_t n) {
 // 128 values, against 24 per 64 in the AVX2 8 x 8 transpose.)  With f set, the fused
 // epilogue on the way (as in block()): f->alpha, f->beta for the nc channels, f->res laid
 // out like out (or null).
-struct FusedArgs {
+struct ClFused {  // the fused epilogue's arguments for transpose_store
   const float* alpha;
   const float* beta;
   const float* res;
@@ -339,7 +339,7 @@ IRNET_INLINE __m512 twice8(__mmask8 k, const float* p) {
   return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(v), v, 1));
 }
 IRNET_INLINE void transpose_store(const float* y, int64_t ld, int nc, int np, float* out, int64_t stride,
-                                  const FusedArgs* f) {
+                                  const ClFused* f) {
   const __mmask16 kp = first_lanes(np);
   __m512 r[8];
   for (int k = 0; k < 8; ++k) r[k] = k < nc ? _mm512_maskz_loadu_ps(kp, y + k * ld) : _mm512_setzero_ps();
@@ -567,9 +567,9 @@ void conv_block_lanes(const PlanesProblem& Q, int64_t n, int64_t v0, int64_t v1,
         const int64_t at = (n * HWo + R.m) * O + o0;  // the run's first pixel
         for (int64_t j = 0; j < R.len; j += 16)
           for (int64_t c = 0; c < nch; c += 8) {
-            FusedArgs f{};
+            ClFused f{};
             if (P.alpha)
-              f = FusedArgs{P.alpha + o0 + c, P.beta + o0 + c, P.residual ? P.residual + at + j * O + c : nullptr, P.lo,
+              f = ClFused{P.alpha + o0 + c, P.beta + o0 + c, P.residual ? P.residual + at + j * O + c : nullptr, P.lo,
                             P.hi};
             transpose_store(y + c * kBlock + j, kBlock, int(nch - c < 8 ? nch - c : 8), int(R.len - j < 16 ? R.len - j : 16),
                             P.out + at + j * O + c, O, P.alpha ? &f : nullptr);
