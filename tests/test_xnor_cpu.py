@@ -140,8 +140,9 @@ def float_inputs(x):
 @needs_kernels
 @pytest.mark.parametrize("case", CONV_CASES, ids=[case_id(c) for c in CONV_CASES])
 def test_xnor_conv2d_float_input_equals_packed(level, case):
-    """x_bits given as the float activations: the op packs them (on the LUT path straight
-    into its planes), bit for bit as pack_bits then the packed op; NaN and -0.0 pack to +1."""
+    """x_bits given as the float activations: the op packs them (the planes kernel, for
+    float32 NCHW or channels_last, straight into its planes), bit for bit as pack_bits then
+    the packed op; NaN and -0.0 pack to +1."""
     n, c, h, w, o, k, s, p, d = case
     x, wt = rand_pm(n, c, h, w), rand_pm(o, c, *k)
     if x.numel() >= 3:

@@ -449,9 +449,13 @@ const LutKernels* lut_for(const ConvProblem& P, const LevelKernels* k) {
 //         256@16 (1) 1.08 / 1.07; 512@8 (1) 1.05 / 1.07; 64@56 (1) 1.32 / 1.74;
 //         64->128@56 s2 (0.96) 1.08 / 1.16; 128@28 (0.93) 0.97 / 1.06;
 //         256@14 (0.875) 0.99 / 0.97; 512@7 (0.875) 0.96 / 0.97; 512@4 (0.67) 0.72 / 0.71;
-//   channels_last  16@32 1.95 / 2.60; 32@16 1.45 / 1.72; 16->32 s2 1.50 / 1.86;
-//         32->64 s2 1.18 / 1.12; 64@8 1.16 / 0.95; 128@32 0.94 / 0.84; 512@8 0.97 / 0.96;
-//         64@56 0.93 / 0.78; 128@28 0.85 / 0.80.
+//   channels_last, packed input  16@32 1.91 / 2.53; 32@16 1.42 / 1.67; 16->32 s2 1.50 /
+//         1.81; 32->64 s2 1.12 / 1.02; 64@8 1.06 / 0.91; 128@32 0.94 / 0.84; 512@8 0.97 /
+//         0.96; 64@56 0.93 / 0.78; 128@28 0.85 / 0.80;
+//   channels_last, float input (packed by the planes kernel itself: a pass less)  16@32
+//         2.65 / 3.01; 32@16 1.73 / 1.95; 64@8 1.16 / 1.06; 32->64 s2 1.43 / 1.57;
+//         128@32 1.03 / 0.98; 512@8 1.01 / 0.92; 64@56 1.03 / 0.97; 128@28 0.85 / 0.96;
+//         256@14 0.81 / 0.79.
 // (A linear layer, one position per image, has useful = 1 / V: never.)
 bool prefers_planes(const ConvProblem& P) {
   const PlanesLayout Y = planes_layout(P);
@@ -593,7 +597,7 @@ void run_conv_planes(ConvProblem& P, const Tensor& w_bits, const PlanesKernels* 
   Q.P = &P;
   Q.Y = Y;
   Q.planes = planes.get();
-  Q.tables = tables.get();
+  Q.tables = planes_table_view(*tables);
   Q.w = reinterpret_cast<const uint64_t*>(lay.wlanes.const_data_ptr<int64_t>());
   Q.scale = P.scale ? P.scale : P.ones;
   const int64_t vb = 4 * Y.nv;  // vectors per task
@@ -801,10 +805,14 @@ Tensor conv2d_cpu(const char* op, const Tensor& x, const Tensor& w_bits, const s
   P.sh = stride[0], P.sw = stride[1], P.ph = padding[0], P.pw = padding[1], P.dh = dilation[0], P.dw = dilation[1];
   P.Ho = Ho, P.Wo = Wo;
   // float activations: packed here as pack_bits packs them (one op call less); the planes
-  // kernel packs float32 NCHW activations straight into its planes (one pass less)
-  if (float_in && x.scalar_type() == at::kFloat && x.is_contiguous()) {
+  // kernel packs float32 NCHW or channels_last activations straight into its planes (one
+  // pass less)
+  const bool xf_nchw = float_in && x.scalar_type() == at::kFloat && x.is_contiguous();
+  const bool xf_cl = float_in && x.scalar_type() == at::kFloat && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  if (xf_nchw || xf_cl) {
     if (const PlanesKernels* planes = planes_for(P, current())) {
       P.xf = x.const_data_ptr<float>();
+      P.xf_cl = !xf_nchw;
       P.out = out.data_ptr<float>();
       run_conv(P, masked_tail(w_bits.contiguous(), P.C), s, planes);
       return out;

@@ -4,9 +4,6 @@
 // handed out only where the CPU has it.  Torch-free.
 #include "cpu/xnor_planes.h"
 
-#include <cstring>
-
-#include "core/conv_geometry.h"
 #include "cpu/fused_epilogue.h"
 
 #if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
@@ -22,8 +19,8 @@ namespace cpu {
 namespace {
 IRNET_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The register tile per lane width (tuned with the peak probe and the layers of
-// planes_kernels(); the weights are padded to whole tiles of kTileChannels).
+// The register tile (the shapes tried: xnor_planes.h); the weights are padded to whole
+// tiles of kTileChannels.
 constexpr int kTileChannels = 8;  // OB
 // NV: 2 vectors for 16-bit lanes, 3 otherwise
 constexpr int tile_vectors(int lane_bits) { return lane_bits == 16 ? 2 : 3; }
@@ -144,6 +141,18 @@ void planes_tables(const ConvProblem& P, const PlanesLayout& Y, PlanesTables& ou
   out.max_runs = 0;
   for (int64_t v = 0; v < Y.vectors; ++v)
     if (out.run_begin[v + 1] - out.run_begin[v] > out.max_runs) out.max_runs = out.run_begin[v + 1] - out.run_begin[v];
+}
+
+PlanesTableView planes_table_view(const PlanesTables& t) {
+  PlanesTableView v;
+  v.xoff = t.xoff.data();
+  v.kin = t.kin.data();
+  v.mask = t.mask.data();
+  v.vq = t.vq.data();
+  v.run_begin = t.run_begin.data();
+  v.runs = t.runs.data();
+  v.max_runs = t.max_runs;
+  return v;
 }
 
 #if IRNET_PLANES_X86
@@ -315,8 +324,22 @@ IRNET_INLINE void copy_run(const float* src, float* dst, int64_t n) {
 // pairs and 8 of 64-bit pairs leave u[a] (channels 0-3) and u[a + 4] (4-7) holding pixel
 // 4l + a in 128-bit lane l; 8 two-source permutes then put pixels a and a + 4 (and a + 8,
 // a + 12) side by side, 8 channels each, stored as two masked halves.  (24 shuffles per
-// 128 values, against 24 per 64 in the AVX2 8 x 8 transpose.)
-IRNET_INLINE void transpose_store(const float* y, int64_t ld, int nc, int np, float* out, int64_t stride) {
+// 128 values, against 24 per 64 in the AVX2 8 x 8 transpose.)  With f set, the fused
+// epilogue on the way (as in block()): f->alpha, f->beta for the nc channels, f->res laid
+// out like out (or null).
+struct ClFused {  // the fused epilogue's arguments for transpose_store
+  const float* alpha;
+  const float* beta;
+  const float* res;
+  float lo, hi;
+};
+// The 8 floats at p (k: those read) in both 256-bit halves.
+IRNET_INLINE __m512 twice8(__mmask8 k, const float* p) {
+  const __m256d v = _mm256_castps_pd(_mm256_maskz_loadu_ps(k, p));
+  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(v), v, 1));
+}
+IRNET_INLINE void transpose_store(const float* y, int64_t ld, int nc, int np, float* out, int64_t stride,
+                                  const ClFused* f) {
   const __mmask16 kp = first_lanes(np);
   __m512 r[8];
   for (int k = 0; k < 8; ++k) r[k] = k < nc ? _mm512_maskz_loadu_ps(kp, y + k * ld) : _mm512_setzero_ps();
@@ -334,10 +357,21 @@ IRNET_INLINE void transpose_store(const float* y, int64_t ld, int nc, int np, fl
   const __m512i pick[2] = {_mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23),
                            _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31)};
   const __mmask8 kc = __mmask8((1u << nc) - 1);
+  __m512 fa = _mm512_setzero_ps(), fb = fa, flo = fa, fhi = fa;
+  if (f) fa = twice8(kc, f->alpha), fb = twice8(kc, f->beta), flo = _mm512_set1_ps(f->lo), fhi = _mm512_set1_ps(f->hi);
   for (int a = 0; a < 4; ++a)
     for (int h = 0; h < 2; ++h) {  // pixels 8h + a (lanes 0-7) and 8h + 4 + a (lanes 8-15)
-      const __m512 w = _mm512_permutex2var_ps(u[a], pick[h], u[a + 4]);
+      __m512 w = _mm512_permutex2var_ps(u[a], pick[h], u[a + 4]);
       const int p0 = 8 * h + a, p1 = p0 + 4;
+      if (f) {
+        w = _mm512_add_ps(_mm512_mul_ps(w, fa), fb);
+        if (f->res) {
+          const __m256d r0 = _mm256_castps_pd(p0 < np ? _mm256_maskz_loadu_ps(kc, f->res + p0 * stride) : _mm256_setzero_ps());
+          const __m256d r1 = _mm256_castps_pd(p1 < np ? _mm256_maskz_loadu_ps(kc, f->res + p1 * stride) : _mm256_setzero_ps());
+          w = _mm512_add_ps(w, _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(r0), r1, 1)));
+        }
+        w = _mm512_min_ps(fhi, _mm512_max_ps(flo, w));  // (as in block())
+      }
       // (256-bit stores: a 512-bit masked store reaching into the previous pixel's line
       // was 3x slower here)
       if (p0 < np) _mm256_mask_storeu_ps(out + p0 * stride, kc, _mm512_castps512_ps256(w));
@@ -382,13 +416,13 @@ struct TileOut {
 // (NaN kept).  Everything the epilogue reads is local here, so that it stays in registers
 // across its stores.
 template <int L, int MODE, int NVT>
-void block(const PlanesTables& Tb, const typename Lane<L>::elem* xim, int64_t v, int64_t T, int64_t G,
+void block(const PlanesTableView& Tb, const typename Lane<L>::elem* xim, int64_t v, int64_t T, int64_t G,
            int64_t gstride, int64_t chunk, const TileOut& to, int32_t* part) {
   using E = typename Lane<L>::elem;
   constexpr int V = 512 / L, NP = Lane<L>::kPieces;
   constexpr int RUNS = MODE == kRuns ? kMaxRuns : 1;
   constexpr __mmask16 kPieceLanes = V >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << V) - 1);  // a piece's positions
-  const E* mask = reinterpret_cast<const E*>(Tb.mask.data());
+  const E* mask = static_cast<const E*>(Tb.mask);
   const float* scale = to.scale;
   const int64_t nch = to.nch, step = to.step;
   const bool fused = MODE != kStaged && to.alpha != nullptr;
@@ -405,7 +439,7 @@ void block(const PlanesTables& Tb, const typename Lane<L>::elem* xim, int64_t v,
     const int64_t q = Tb.vq[v + p];
     xp[p] = xim + q;
     mp[p] = mask + q;
-    kin[p] = Tb.kin.data() + q;
+    kin[p] = Tb.kin + q;
     if constexpr (MODE == kStaged) {
       nrun[p] = 1;
       dst[p][0] = to.out + p * V;
@@ -440,18 +474,19 @@ void block(const PlanesTables& Tb, const typename Lane<L>::elem* xim, int64_t v,
           for (int q = 0; q < runs_p; ++q) r = _mm512_mask_loadu_ps(r, keep[p][q][i], rsd[p][q] + o * step + 16 * i);
           y = _mm512_add_ps(y, r);
         }
-        y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, lo, _CMP_LT_OQ), y, lo);
-        y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, hi, _CMP_GT_OQ), y, hi);
+        // (VMAXPS / VMINPS return the second operand unless the first compares greater /
+        // less: lo > y ? lo : y and hi < y ? hi : y, fused_value's order, NaN y kept)
+        y = _mm512_min_ps(hi, _mm512_max_ps(lo, y));
       }
       for (int r = 0; r < runs_p; ++r) _mm512_mask_storeu_ps(dst[p][r] + o * step + 16 * i, keep[p][r][i], y);
     }
   };
-  tile<L, NVT>(xp, mp, Tb.xoff.data(), T, G, gstride, chunk, to.w, part, epi);
+  tile<L, NVT>(xp, mp, Tb.xoff, T, G, gstride, chunk, to.w, part, epi);
 }
 
 // block() for the last nv <= NVT vectors of an image's vectors.
 template <int L, int MODE, int NVT>
-IRNET_INLINE void block_vectors(int nv, const PlanesTables& Tb, const typename Lane<L>::elem* xim, int64_t v,
+IRNET_INLINE void block_vectors(int nv, const PlanesTableView& Tb, const typename Lane<L>::elem* xim, int64_t v,
                                 int64_t T, int64_t G, int64_t gstride, int64_t chunk, const TileOut& to,
                                 int32_t* part) {
   if (nv == NVT) {
@@ -480,7 +515,7 @@ void conv_block_lanes(const PlanesProblem& Q, int64_t n, int64_t v0, int64_t v1,
   constexpr int V = 512 / L, NV = tile_vectors(L);
   const ConvProblem& P = *Q.P;
   const PlanesLayout& Y = Q.Y;
-  const PlanesTables& Tb = *Q.tables;
+  const PlanesTableView& Tb = Q.tables;
   const int64_t T = Y.G.T, G = Y.G.groups, K = Y.G.K, gstride = Y.G.S * Y.G.plane, chunk = Y.chunk_taps;
   const int64_t O = P.O, HWo = P.Ho * P.Wo, nch = o1 - o0;
   auto* base = static_cast<unsigned char*>(scratch);
@@ -488,8 +523,8 @@ void conv_block_lanes(const PlanesProblem& Q, int64_t n, int64_t v0, int64_t v1,
   int32_t* part = reinterpret_cast<int32_t*>(base);
   float* ybuf = reinterpret_cast<float*>(part + OB * NVMAX * 64);
   const E* xim = static_cast<const E*>(Q.planes) + n * Y.G.image;
-  const PlanesRun* runs = Tb.runs.data();
-  const int64_t* run_begin = Tb.run_begin.data();
+  const PlanesRun* runs = Tb.runs;
+  const int64_t* run_begin = Tb.run_begin;
   // the block of vectors [v, v + nv) for channel tile ot, y to out + channel * step
   // (direct modes: out = the tile's first output plane, fused epilogue included)
   auto run = [&](int64_t v, int nv, int64_t ot, float* out, int64_t step) {
@@ -529,16 +564,15 @@ void conv_block_lanes(const PlanesProblem& Q, int64_t n, int64_t v0, int64_t v1,
           }
           continue;
         }
-        float* row = P.out + (n * HWo + R.m) * O + o0;  // the run's first pixel
+        const int64_t at = (n * HWo + R.m) * O + o0;  // the run's first pixel
         for (int64_t j = 0; j < R.len; j += 16)
-          for (int64_t c = 0; c < nch; c += 8)
+          for (int64_t c = 0; c < nch; c += 8) {
+            ClFused f{};
+            if (P.alpha)
+              f = ClFused{P.alpha + o0 + c, P.beta + o0 + c, P.residual ? P.residual + at + j * O + c : nullptr, P.lo,
+                            P.hi};
             transpose_store(y + c * kBlock + j, kBlock, int(nch - c < 8 ? nch - c : 8), int(R.len - j < 16 ? R.len - j : 16),
-                            row + j * O + c, O);
-        if (P.alpha)
-          for (int64_t j = 0; j < R.len; ++j) {
-            const int64_t at = (n * HWo + R.m + j) * O + o0;
-            fused_channels(P.out + at, P.residual ? P.residual + at : nullptr, nch, P.alpha + o0, P.beta + o0, P.lo,
-                           P.hi);
+                            P.out + at + j * O + c, O, P.alpha ? &f : nullptr);
           }
       }
   }
@@ -546,7 +580,7 @@ void conv_block_lanes(const PlanesProblem& Q, int64_t n, int64_t v0, int64_t v1,
 
 template <int L>
 void conv_block_mode(const PlanesProblem& Q, int64_t n, int64_t v0, int64_t v1, int64_t o0, int64_t o1, void* scratch) {
-  const int64_t runs = Q.tables->max_runs;
+  const int64_t runs = Q.tables.max_runs;
   if (Q.P->out_cl || runs > kMaxRuns)
     conv_block_lanes<L, kStaged>(Q, n, v0, v1, o0, o1, scratch);
   else if (runs == 1)
@@ -674,6 +708,27 @@ IRNET_INLINE void deinterleave2(const E* src, E* dst0, E* dst1, int64_t n) {
   }
 }
 
+// The same from channels_last float32 activations: a pixel's channels [c0, c1) are
+// contiguous, so VCMPPS on them gives its element's bits directly as a mask register
+// (16 channels each; the channels past c1 are not read and give 0).
+template <int L>
+void row_elements_float_cl(const ConvProblem& P, int64_t n, int64_t h, int64_t g, typename Lane<L>::elem* dst) {
+  using E = typename Lane<L>::elem;
+  const int64_t c0 = g * L, nc = (P.C < c0 + L ? P.C : c0 + L) - c0, C = P.C;
+  const float* src = P.xf + (n * P.H + h) * P.W * C + c0;
+  const __m512 zero = _mm512_setzero_ps();
+  constexpr int kParts = L >= 16 ? L / 16 : 1;  // 16-channel compares per element
+  __mmask16 k[kParts];
+  for (int j = 0; j < kParts; ++j) k[j] = first_lanes(nc - 16 * j);
+  for (int64_t w = 0; w < P.W; ++w, src += C) {
+    uint64_t e = 0;
+#pragma GCC unroll 4
+    for (int j = 0; j < kParts; ++j)
+      e |= uint64_t(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(k[j], src + 16 * j), zero, _CMP_LT_OQ)) << (16 * j);
+    dst[w] = E(e);
+  }
+}
+
 // Units u = (n*sh + a)*Hq + r: row r of the sub-planes (a, b), b < sw, of every group of
 // image n; input row h = r*sh + a - ph (padded row r*sh + a), padded column c*sw + b.
 // With stride 1 the row's elements go straight into the plane; otherwise into a padded
@@ -698,7 +753,9 @@ void prep_planes_lanes(const ConvProblem& P, const PlanesLayout& Y, int64_t u0, 
         continue;
       }
       E* row = (sw == 1 ? gr : padded) + P.pw;
-      if (P.xf)
+      if (P.xf && P.xf_cl)
+        row_elements_float_cl<L>(P, n, h, g, row);
+      else if (P.xf)
         row_elements_float<L>(P, n, h, g, row);
       else
         row_elements_packed<L>(P, n, h, g, row);

@@ -38,11 +38,12 @@
 // in the other kernels.  Every vector's positions are runs of output columns of one or
 // more output rows (the grid's Wq - Wo columns past a row's end are computed and dropped);
 // NCHW output gets each run as a masked store per 16 positions straight from the
-// registers, channels_last output a staged 8 x 8 transpose.  Vectors start either every V
-// grid positions (the grid) or at every output row's start (ho * Wq + j * V): the second
-// computes Ho * ceil(Wo / V) * V positions instead of ceil(Qn / V) * V, all useful when V
-// divides Wo (ResNet-20's 32x32 rows with 16 channels, 16x16 with 32, 8x8 with 64);
-// planes_layout takes the one with fewer vectors.
+// registers (with the fused epilogue), channels_last output staged and transposed 8
+// channels x 16 pixels at a time.  Vectors start either every V grid positions (the grid)
+// or at every output row's start (ho * Wq + j * V): the second computes
+// Ho * ceil(Wo / V) * V positions instead of ceil(Qn / V) * V, all useful when V divides
+// Wo (ResNet-20's 32x32 rows with 16 channels, 16x16 with 32, 8x8 with 64); planes_layout
+// takes the one with fewer vectors.
 //
 // Measured on a 2-core Intel Xeon (Sapphire Rapids, AVX-512 VPOPCNTDQ/BITALG, KVM), one
 // thread: the peak probes (max of 80 short runs) reach 1.10 / 1.29 / 1.31 / 1.26 T binary
@@ -113,19 +114,33 @@ struct PlanesTables {
 };
 void planes_tables(const ConvProblem& P, const PlanesLayout& Y, PlanesTables& out);
 
+// The same as plain pointers, for the kernels (which instantiate no std:: template under
+// their target pragma: see xnor_level_impl.inc).
+struct PlanesTableView {
+  const int64_t* xoff = nullptr;
+  const float* kin = nullptr;
+  const void* mask = nullptr;
+  const int64_t* vq = nullptr;
+  const int64_t* run_begin = nullptr;
+  const PlanesRun* runs = nullptr;
+  int64_t max_runs = 0;
+};
+PlanesTableView planes_table_view(const PlanesTables& t);
+
 // The per-call data of a planes convolution (pointers owned by the driver).
 struct PlanesProblem {
   const ConvProblem* P = nullptr;  // shapes, out, the fused epilogue
   PlanesLayout Y;
   const void* planes = nullptr;    // Y.G.total elements, filled by prep_planes
-  const PlanesTables* tables = nullptr;
+  PlanesTableView tables;
   const uint64_t* w = nullptr;     // planes_weights
   const float* scale = nullptr;    // [O]: the scale, or ones
 };
 
 struct PlanesKernels {
   // Fills the plane rows of units [u0, u1), u = (n*sh + y % sh)*Hq + r, from P.x (packed;
-  // bits past C ignored) or, where set, P.xf (float32 NCHW, contiguous: packed here, x < 0 -> 1);
+  // bits past C ignored) or, where set, P.xf (float32, contiguous NCHW or with P.xf_cl
+  // channels_last: packed here, x < 0 -> 1);
   // every element of planes[0, N*image) belongs to exactly one unit; the slack is the caller's.
   void (*prep_planes)(const ConvProblem& P, const PlanesLayout& Y, int64_t u0, int64_t u1, void* planes);
   // Vectors [v0, v1) of image n, output channels [o0, o1) (o0 a multiple of ob), written to

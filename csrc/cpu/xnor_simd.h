@@ -26,9 +26,10 @@ namespace cpu {
 //            (memory order N, Ho, Wo, O)
 struct ConvProblem {
   const uint64_t* x = nullptr;
-  // The float32 NCHW activations (contiguous), where a kernel packs them itself instead of
-  // reading x (the planes kernel, xnor_planes.h); null otherwise.
+  // The float32 activations, contiguous NCHW or (xf_cl) channels_last, where a kernel packs
+  // them itself instead of reading x (the planes kernel, xnor_planes.h); null otherwise.
   const float* xf = nullptr;
+  bool xf_cl = false;
   int64_t N = 0, H = 0, W = 0, words = 0, C = 0;
   const uint64_t* wpanel = nullptr;
   const int32_t* wrect = nullptr;  // int32: a dot has < 2^31 terms (checked by the driver)

@@ -313,19 +313,27 @@ static void test_planes() {
     const std::vector<float> want = naive_conv(x, w, &scale, P);
     std::vector<float> residual(want.size());
     for (auto& v : residual) v = rand_value();
+    // the same floats in channels_last order (N, H, W, C)
+    std::vector<float> xf_cl(xf.size());
+    for (int64_t n = 0; n < c.N; ++n)
+      for (int64_t ch = 0; ch < c.C; ++ch)
+        for (int64_t m = 0; m < c.H * c.W; ++m)
+          xf_cl[(n * c.H * c.W + m) * c.C + ch] = xf[(n * c.C + ch) * c.H * c.W + m];
     // the packed input with stray bits past C (the kernel must read only the C channels)
     std::vector<uint64_t> x_junk(x);
     for (size_t i = P.words - 1; i < x_junk.size(); i += P.words) x_junk[i] |= ~core::tail_mask(c.C) & rng();
-    // bit 0: channels_last; bit 1: float input; modes 4-7 fused, with a residual below 6
+    // bit 0: channels_last output; bit 1: float input (NCHW, or channels_last with channels_last
+    // output); modes 4-7 fused, with a residual below 6
     for (int mode = 0; mode < 8; ++mode) {
       const bool cl = mode & 1, from_float = mode & 2 && mode < 4, fused = mode >= 4;
       P.x = from_float ? nullptr : (mode == 0 ? x_junk.data() : x.data());
-      P.xf = from_float ? xf.data() : nullptr;
+      P.xf = from_float ? (cl ? xf_cl.data() : xf.data()) : nullptr;  // (channels_last input with channels_last output)
+      P.xf_cl = from_float && cl;
       std::vector<unsigned char> planes(Y.G.total * E, 0xA5);  // padding elements are written by prep
       const int64_t units = P.N * P.sh * Y.G.Hq;
       for (int64_t u0 = 0; u0 < units; u0 += 3) k->prep_planes(P, Y, u0, u0 + 3 < units ? u0 + 3 : units, planes.data());
       cpu::PlanesProblem Q;
-      Q.P = &P, Q.Y = Y, Q.planes = planes.data(), Q.tables = &tables, Q.w = wl.data(), Q.scale = scale.data();
+      Q.P = &P, Q.Y = Y, Q.planes = planes.data(), Q.tables = cpu::planes_table_view(tables), Q.w = wl.data(), Q.scale = scale.data();
       std::vector<float> out(P.N * c.O * P.Ho * P.Wo, NAN);
       P.out = out.data();
       P.out_cl = cl;
