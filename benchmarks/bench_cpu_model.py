@@ -39,14 +39,24 @@ Ratios (from medians): packed over best float32 PyTorch, packed over OpenVINO, p
 beside issue #16's targets (met / not met).  Before timing, every packed variant's logits
 are compared with the binary model's (the IR-Net model in eval mode) on the row's input
 (topped up to 8 samples at batch < 8): argmax agreement is reported, and the run stops if
-any sample's logits differ by more than 1e-3 of their norm (a broken model; float rounding
-in the fused BatchNorm gives ~1e-7), so no broken model is ever timed.  OpenVINO's
+a sample's logits differ by more than 1e-3 of their norm (a broken model; float rounding in
+the fused BatchNorm gives ~1e-7), so no broken model is ever timed.  The fused models are
+allowed such a sample in 50 (at least one): their folded BatchNorm rounds differently, and
+where a pre-activation sits within that rounding of zero its sign, a binary activation,
+flips, and the logits of that one sample move by more than rounding (seen: 1 of 128
+VGG-Small samples; tests/test_fused.py checks that such flips are the only differences).
+The unfused models must match on every sample (they give the binary model's logits bit for
+bit).  OpenVINO's
 agreement with the float model is reported, not enforced (it may run in bf16).
 
 Timing (benchmarks/timing.py): round-robin repeats after warmup, each round in a fresh
 seeded random order, so that load from other processes hits all variants alike and no
-variant always follows the same one; medians and the fastest repeat are recorded.  Repeats
-are chosen per row from one timed round (about 35 s of rounds per row, 7-40 repeats;
+variant always follows the same one; medians and the fastest repeat are recorded.  A sample
+is a burst of back-to-back calls of one variant, the first untimed (--burst; default 5 at
+batch 1, 2 above): what a deployed model runs, a loop of calls, without the first call after
+another variant, which pays for that one's leftovers (OpenVINO's worker threads still
+spinning, other caches: 1.1-1.6x the back-to-back time of VGG-Small at batch 1 here, both
+ways).  Repeats are chosen per row from one timed round (about 35 s of rounds per row, 7-40 repeats;
 --quick: ~3 s, 3-10) unless --repeats is given.  Memory: --malloc keep (the default) makes
 glibc keep freed memory, as jemalloc and tcmalloc do, for all variants alike (see
 machine.keep_freed_memory).  Machine, versions, load average at start and end, the
@@ -101,6 +111,7 @@ TARGETS = {
 
 CHECK_SAMPLES = 8        # predictions compared on at least this many samples
 CHECK_REL_TOL = 1e-3     # logits of a packed model within this fraction of their norm
+CHECK_FUSED_FLIPS = 50   # fused models: one sample in this many may be further off (a sign flip)
 
 _T0 = time.perf_counter()
 
@@ -137,7 +148,14 @@ def compare_logits(reference: torch.Tensor, logits: torch.Tensor) -> dict:
     """Argmax agreement and the largest per-sample relative L2 difference of two (N, classes) logits."""
     rel = (logits.float() - reference.float()).norm(dim=1) / reference.float().norm(dim=1).clamp_min(1e-30)
     return {"agree": int((logits.argmax(1) == reference.argmax(1)).sum()), "of": int(reference.shape[0]),
-            "max_rel_diff": float(rel.max()) if rel.numel() else 0.0}
+            "max_rel_diff": float(rel.max()) if rel.numel() else 0.0,
+            "beyond_tolerance": int((rel > CHECK_REL_TOL).sum())}
+
+
+def allowed_beyond_tolerance(label: str, samples: int) -> int:
+    """How many samples of a variant may differ by more than CHECK_REL_TOL (see the module
+    docstring): none for the unfused (bit-exact) models, one in CHECK_FUSED_FLIPS for fused ones."""
+    return 0 if label.startswith("unfused") else max(1, samples // CHECK_FUSED_FLIPS)
 
 
 # --- OpenVINO ---------------------------------------------------------------------------
@@ -198,24 +216,33 @@ def check_packed(name: str, binary: nn.Module, variants: dict, x: torch.Tensor) 
             if channels_last:
                 inp = inp.contiguous(memory_format=torch.channels_last)
             checks[label] = compare_logits(reference[: inp.shape[0]], model(inp))
-    broken = {k: c for k, c in checks.items() if not c["max_rel_diff"] <= CHECK_REL_TOL}
+    broken = {k: c for k, c in checks.items()
+              if not c["beyond_tolerance"] <= allowed_beyond_tolerance(k, c["of"])
+              or (c["max_rel_diff"] != c["max_rel_diff"])}  # (NaN)
     if broken:
         sys.exit(f"{name}: packed model(s) disagree with the binary model, not timing them: {broken}")
     return checks
 
 
-def time_row(fns: dict, args, before: dict) -> tuple[dict, dict, int]:
-    """Repeats from one timed round (unless --repeats), then the round-robin timing."""
+def burst_for(batch: int, args) -> int:
+    """Calls per sample (timing.time_round_robin's burst): --burst, else 5 at batch 1 (a
+    sub-millisecond call is most disturbed by what ran just before it) and 2 above."""
+    return args.burst if args.burst else (5 if batch == 1 else 2)
+
+
+def time_row(fns: dict, args, before: dict, burst: int = 1) -> tuple[dict, dict, int]:
+    """Repeats from one timed round (unless --repeats), then the round-robin timing, each
+    sample a burst of back-to-back calls (the first untimed)."""
     repeats = args.repeats
     if repeats is None:
         t0 = time.perf_counter()
         for k, fn in fns.items():
             before.get(k, lambda: None)()
             fn()
-        round_s = time.perf_counter() - t0
+        round_s = (time.perf_counter() - t0) * burst
         target, lo, hi = (3.0, 3, 10) if args.quick else (35.0, 7, 40)
         repeats = max(lo, min(hi, int(target / max(round_s, 1e-9))))
-    med, best = time_round_robin(fns, repeats, warmup=1, before=before)
+    med, best = time_round_robin(fns, repeats, warmup=1, before=before, burst=burst)
     return med, best, repeats
 
 
@@ -276,10 +303,11 @@ def bench_network(name: str, batches, args, ov_available: bool) -> list[dict]:
                     before[f"{k}@{algo}"] = lambda: irnet.ops.set_cpu_conv_algorithm(algo)
                 for k in fns:
                     before.setdefault(k, lambda: irnet.ops.set_cpu_conv_algorithm("auto"))
-            log(f"{name} b{batch}: timing {len(fns)} variants")
-            med, best, repeats = time_row(fns, args, before)
+            burst = burst_for(batch, args)
+            log(f"{name} b{batch}: timing {len(fns)} variants (bursts of {burst} calls)")
+            med, best, repeats = time_row(fns, args, before, burst)
             irnet.ops.set_cpu_conv_algorithm("auto")
-        row.update(repeats=repeats, time_s=med, time_min_s=best)
+        row.update(repeats=repeats, burst=burst, time_s=med, time_min_s=best)
         summarize(row)
         print(format_row(row), flush=True)
 
@@ -444,6 +472,9 @@ def main():
     ap.add_argument("--batches", nargs="+", type=int, default=None, help="these batch sizes instead of each net's")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--repeats", type=int, default=None, help="fixed repeats per row (default: from a timed round)")
+    ap.add_argument("--burst", type=int, default=None,
+                    help="calls per sample, the first untimed (default: 5 at batch 1, 2 above; 1: every call "
+                         "timed alone, right after another variant's)")
     ap.add_argument("--malloc", choices=["default", "keep"], default="keep",
                     help="keep (default): glibc malloc keeps freed memory (as jemalloc/tcmalloc do), for every "
                          "variant alike; default: glibc's own settings (see machine.keep_freed_memory)")

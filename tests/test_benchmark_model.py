@@ -44,7 +44,9 @@ def test_check_passes_packed_models_and_stops_on_a_broken_one(resnet20):
     x = torch.randn(1, 3, 32, 32)
     checks = bench.check_packed("resnet20_1w1a", resnet20, variants, x)
     assert all(c["of"] == bench.CHECK_SAMPLES and c["agree"] == c["of"] for c in checks.values())
-    assert all(c["max_rel_diff"] <= bench.CHECK_REL_TOL for c in checks.values())
+    assert all(c["max_rel_diff"] <= bench.CHECK_REL_TOL and c["beyond_tolerance"] == 0 for c in checks.values())
+    assert bench.allowed_beyond_tolerance("unfused/nchw", 128) == 0
+    assert bench.allowed_beyond_tolerance("fused/nchw", 128) == 2 and bench.allowed_beyond_tolerance("fused/nchw", 8) == 1
     broken = deploy.convert(resnet20, fuse=True)
     with torch.no_grad():  # every weight bit of one conv flipped: that conv's output negated
         broken.layers[1][0].conv1.bits.bitwise_not_()

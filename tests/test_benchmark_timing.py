@@ -3,6 +3,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+import time  # noqa: E402
+
 from timing import time_round_robin  # noqa: E402
 
 
@@ -25,3 +27,17 @@ def test_round_robin_varies_each_methods_predecessor():
     # the `before` hook runs right before every call of its method, untimed
     assert all(calls[i + 1] == "xnor" for i, c in enumerate(calls) if c == "setting")
     assert calls.count("setting") == 16
+
+
+def test_bursts_time_calls_after_the_first():
+    calls = []
+
+    def slow_first():
+        calls.append(time.perf_counter())
+        if len(calls) % 4 == 1:  # the first call of each burst of 4 pays a cost
+            time.sleep(0.02)
+
+    med, mn = time_round_robin({"a": slow_first}, repeats=3, warmup=0, burst=4)
+    assert len(calls) == 12 and med["a"] < 0.01 and mn["a"] < 0.01
+    med1, _ = time_round_robin({"a": lambda: time.sleep(0.002)}, repeats=3, warmup=0, burst=1)
+    assert med1["a"] >= 0.002
