@@ -11,9 +11,10 @@ training checkpoint, or a checkpoint of another model.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import torch
+
+from ._files import atomic_write
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "save", "load", "check_model_state"]
 
@@ -27,27 +28,7 @@ class CheckpointError(RuntimeError):
 
 def save(state: dict, path: str) -> None:
     """Write ``state`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state, format=FORMAT, version=VERSION), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_write(path, lambda f: torch.save(dict(state, format=FORMAT, version=VERSION), f))
 
 
 def load(path: str, model_name: str | None = None, map_location="cpu") -> dict:

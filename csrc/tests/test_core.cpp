@@ -14,20 +14,10 @@
 #include "cpu/xnor_planes.h"
 #include "cpu/xnor_simd.h"
 
+#include "tests/check.h"
+
 using namespace irnet;
 
-static int g_failures = 0;
-#define CHECK(cond, ...)                                                   \
-  do {                                                                     \
-    if (!(cond)) {                                                         \
-      ++g_failures;                                                        \
-      if (g_failures < 20) {                                               \
-        std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);        \
-        std::printf(__VA_ARGS__);                                          \
-        std::printf("\n");                                                 \
-      }                                                                    \
-    }                                                                      \
-  } while (0)
 
 static std::mt19937_64 rng(12345);
 

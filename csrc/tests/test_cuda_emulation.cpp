@@ -32,6 +32,8 @@
 #include "core/xnor_popc_conv.h"
 #include "warp_emulator.h"
 
+#include "tests/check.h"
+
 using namespace irnet;
 namespace F = irnet::core::mma_b1;
 namespace mc = irnet::core::mma_conv;
@@ -42,18 +44,6 @@ using irnet_test::HostExec;
 using irnet_test::Landing;
 using irnet_test::Order;
 
-static int g_failures = 0, g_section_start = 0;  // messages: the first 5 failures of each section
-#define CHECK(cond, ...)                                            \
-  do {                                                              \
-    if (!(cond)) {                                                  \
-      ++g_failures;                                                 \
-      if (g_failures - g_section_start <= 5) {                      \
-        std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-        std::printf(__VA_ARGS__);                                   \
-        std::printf("\n");                                          \
-      }                                                             \
-    }                                                               \
-  } while (0)
 
 static std::mt19937_64 rng(20240607);
 
@@ -505,6 +495,7 @@ static void section(const char* name, Section&& run) {
 }
 
 int main() {
+  g_messages_per_section = 5;
   section("1. fragment maps (PTX tables)", test_fragment_maps);
   section("2. one warp: loaders + mma + C map vs integer GEMM", test_warp_tile);
   section("   emulator self-test (race, deadlock, warp ops)", test_emulator_catches_races);

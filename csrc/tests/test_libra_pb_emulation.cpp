@@ -25,23 +25,11 @@
 #include "tests/cuda_host_emulation.h"  // first: turns the CUDA keywords into host C++
 #include "cuda/libra_pb_kernels.cuh"
 
+#include "tests/check.h"
+
 namespace lp = irnet::core::libra_pb;
 using irnet_cuda::libra::kLanes;
 
-static int g_failures = 0;
-static int g_checks = 0;
-#define CHECK(cond, ...)                                            \
-  do {                                                              \
-    ++g_checks;                                                     \
-    if (!(cond)) {                                                  \
-      ++g_failures;                                                 \
-      if (g_failures <= 30) {                                       \
-        std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-        std::printf(__VA_ARGS__);                                   \
-        std::printf("\n");                                          \
-      }                                                             \
-    }                                                               \
-  } while (0)
 
 // ---------------------------------------------------------------- 16-bit storage types
 // Torch-free stand-ins for c10::Half / c10::BFloat16 with the same conversions: float ->
@@ -452,6 +440,7 @@ void test_all_for_type() {
 }
 
 int main() {
+  g_messages_per_section = 30;
   uint64_t seed = std::random_device{}();
   if (const char* s = std::getenv("IRNET_TEST_SEED")) seed = std::strtoull(s, nullptr, 10);
   rng.seed(seed);
