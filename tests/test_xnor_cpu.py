@@ -216,10 +216,10 @@ def test_pack_bits_matches_reference(level, dtype, shape):
     if x.dim() == 4:
         assert torch.equal(torch.ops.irnet.pack_bits(x.contiguous(memory_format=torch.channels_last)), want)
     big = rand_pm(shape[0] + 1, shape[1] + 3, *[s * 2 for s in shape[2:]], dtype=dtype)
-    sl = big[1:, 2:-1, *[slice(None, None, 2)] * (len(shape) - 2)]
+    sl = big[(slice(1, None), slice(2, -1), *[slice(None, None, 2)] * (len(shape) - 2))]
     assert sl.shape == x.shape
     assert torch.equal(torch.ops.irnet.pack_bits(sl), ref.pack_bits(sl))
-    sl_cl = big.movedim(1, -1).contiguous().movedim(-1, 1)[1:, 2:-1, *[slice(None, None, 2)] * (len(shape) - 2)]
+    sl_cl = big.movedim(1, -1).contiguous().movedim(-1, 1)[(slice(1, None), slice(2, -1), *[slice(None, None, 2)] * (len(shape) - 2))]
     assert torch.equal(torch.ops.irnet.pack_bits(sl_cl), ref.pack_bits(sl_cl))
 
 
