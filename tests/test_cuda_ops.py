@@ -296,25 +296,8 @@ def test_xnor_conv2d_float_x_bits(case, algo):
 
 
 # --------------------------------------------------------------------------- xnor_conv2d_fused
-INF = float("inf")
-FUSED_ACTS = [(-1.0, 1.0), (0.0, INF), (-INF, INF), (-0.25, 0.5)]
-
-
-def _fused_args(o, shape, act, residual_kind):
-    """alpha (some negative, one zero), beta, a residual (None / NCHW / channels_last /
-    with NaN and Inf sprinkled in) and the activation bounds (as tests/test_fused.py)."""
-    alpha = torch.randn(o) * 2
-    alpha[0] = 0.0
-    beta = torch.randn(o)
-    residual = None
-    if residual_kind != "none":
-        residual = torch.randn(shape)
-        if residual_kind == "nonfinite" and residual.numel() >= 3:
-            flat = residual.view(-1)
-            flat[0], flat[flat.numel() // 2], flat[-1] = float("nan"), INF, -INF
-        if residual_kind == "channels_last":
-            residual = residual.contiguous(memory_format=torch.channels_last)
-    return alpha, beta, residual, act[0], act[1]
+from test_fused import ACTS as FUSED_ACTS  # noqa: E402
+from test_fused import fused_args as _fused_args  # noqa: E402
 
 
 @pytest.mark.parametrize("case", CONV_CASES + RESNET18_CASES, ids=_conv_id)

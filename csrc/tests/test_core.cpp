@@ -15,6 +15,7 @@
 #include "cpu/xnor_simd.h"
 
 #include "tests/check.h"
+#include "tests/naive_conv.h"
 
 using namespace irnet;
 
@@ -133,24 +134,12 @@ static void test_geometry() {
 // Naive conv on packed operands: unpack to +-1 and sum in-frame taps.
 static std::vector<float> naive_conv(const std::vector<uint64_t>& x, const std::vector<uint64_t>& w,
                                      const std::vector<float>* scale, const cpu::ConvProblem& P) {
-  std::vector<float> out(P.N * P.O * P.Ho * P.Wo);
-  auto bit = [](const uint64_t* row, int64_t c) { return int((row[c / 64] >> (c % 64)) & 1); };
-  for (int64_t n = 0; n < P.N; ++n)
-    for (int64_t o = 0; o < P.O; ++o)
-      for (int64_t ho = 0; ho < P.Ho; ++ho)
-        for (int64_t wo = 0; wo < P.Wo; ++wo) {
-          int64_t acc = 0;
-          for (int64_t i = 0; i < P.kh; ++i)
-            for (int64_t j = 0; j < P.kw; ++j) {
-              const int64_t hi = ho * P.sh - P.ph + i * P.dh, wi = wo * P.sw - P.pw + j * P.dw;
-              if (hi < 0 || hi >= P.H || wi < 0 || wi >= P.W) continue;
-              const uint64_t* xr = x.data() + ((n * P.H + hi) * P.W + wi) * P.words;
-              const uint64_t* wr = w.data() + ((o * P.kh + i) * P.kw + j) * P.words;
-              for (int64_t c = 0; c < P.C; ++c) acc += (1 - 2 * bit(xr, c)) * (1 - 2 * bit(wr, c));
-            }
-          const float y = float(acc);
-          out[((n * P.O + o) * P.Ho + ho) * P.Wo + wo] = scale ? y * (*scale)[o] : y;
-        }
+  const std::vector<int64_t> dot = naive_binary_conv(x, w, P, P.C);
+  std::vector<float> out(dot.size());
+  for (size_t i = 0; i < dot.size(); ++i) {
+    const int64_t o = static_cast<int64_t>(i) / (P.Ho * P.Wo) % P.O;
+    out[i] = scale ? float(dot[i]) * (*scale)[o] : float(dot[i]);
+  }
   return out;
 }
 

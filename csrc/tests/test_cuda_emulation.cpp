@@ -33,6 +33,7 @@
 #include "warp_emulator.h"
 
 #include "tests/check.h"
+#include "tests/naive_conv.h"
 
 using namespace irnet;
 namespace F = irnet::core::mma_b1;
@@ -204,10 +205,6 @@ struct Problem {
   float lo = -1.5f, hi = 2.0f;
 };
 
-static int bit(const std::vector<uint64_t>& v, int64_t word0, int c) {
-  return static_cast<int>((v[static_cast<size_t>(word0 + c / 64)] >> (c % 64)) & 1u);
-}
-
 static Problem make_problem(const Case& c) {
   Problem P;
   P.g = shape_of(c);
@@ -224,23 +221,7 @@ static Problem make_problem(const Case& c) {
   }
   const int64_t out = g.npix * g.O;
   for (int64_t i = 0; i < out; ++i) P.residual.push_back(i % 97 == 5 ? NAN : normal(rng));
-  // sum over in-frame taps and channels of (+-1)(+-1): bit 1 = -1, the padding holds 0
-  P.dot.assign(static_cast<size_t>(out), 0);
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t o = 0; o < g.O; ++o)
-      for (int64_t ho = 0; ho < g.Ho; ++ho)
-        for (int64_t wo = 0; wo < g.Wo; ++wo) {
-          int64_t s = 0;
-          for (int r = 0; r < g.kh; ++r)
-            for (int q = 0; q < g.kw; ++q) {
-              const int64_t hi = ho * g.sh - g.ph + r * g.dh, wi = wo * g.sw - g.pw + q * g.dw;
-              if (hi < 0 || hi >= g.H || wi < 0 || wi >= g.W) continue;
-              const int64_t xw = ((n * g.H + hi) * g.W + wi) * g.words;
-              const int64_t ww = (o * g.kh * g.kw + r * g.kw + q) * g.words;
-              for (int ch = 0; ch < g.channels; ++ch) s += bit(P.x, xw, ch) == bit(P.w, ww, ch) ? 1 : -1;
-            }
-          P.dot[static_cast<size_t>(((n * g.O + o) * g.Ho + ho) * g.Wo + wo)] = s;
-        }
+  P.dot = naive_binary_conv(P.x, P.w, g, g.channels);
   return P;
 }
 
