@@ -256,3 +256,86 @@ def test_fused_model_runs_in_its_preferred_layout_whatever_the_input():
                                           else torch.contiguous_format)
         assert flipped.input_format != want
         torch.testing.assert_close(run_plan(flipped, x), y, rtol=1e-4, atol=1e-4)
+
+
+def test_plan_keeps_activation_memory_for_the_next_call_and_bounds_it():
+    """A plan hands the buffers one call freed to the next call (no fresh pages per forward
+    under glibc's defaults); what it keeps is at most one call's worth (a call at another batch
+    size releases the rest); the outputs it returned are never reused, and every result stays
+    equal to the module-by-module run."""
+    model = irnet.deploy.convert(trained_like("resnet20_1w1a", 32), fuse=True)
+    torch.manual_seed(1)
+    small, large = torch.randn(2, 3, 32, 32), torch.randn(8, 3, 32, 32)
+    want_small, want_large = module_by_module(model, small), module_by_module(model, large)
+    y_small = run_plan(model, small)
+    plan = model._plan
+    kept_small = plan.kept_bytes()
+    # ResNet-20 keeps a few of its 16x32x32 float activations (32 KB each per sample)
+    assert 2 * 16 * 32 * 32 * 4 <= kept_small <= 8 * 2 * 16 * 32 * 32 * 4
+    y_large = run_plan(model, large)
+    kept_large = plan.kept_bytes()
+    assert kept_large == kept_small * 4  # batch 8's buffers; batch 2's released
+    kept = []
+    for _ in range(3):
+        again = run_plan(model, small)
+        assert torch.equal(again, want_small)
+        kept.append(plan.kept_bytes())
+    # batch 2 may run on batch 8's buffers (at most 4x larger), never on more than one call's
+    assert kept_small <= kept[0] <= kept_large and kept[1] == kept[2]
+    assert torch.equal(y_small, want_small) and torch.equal(y_large, want_large)  # untouched by later calls
+
+
+def test_plan_calls_from_several_threads_at_once():
+    """Calls of one plan on several Python threads at once (each holds its buffers until it
+    gives them back) give what module-by-module runs give."""
+    import threading
+
+    model = irnet.deploy.convert(trained_like("resnet20_1w1a", 32), fuse=True)
+    torch.manual_seed(2)
+    inputs = [torch.randn(1 + i % 3, 3, 32, 32) for i in range(12)]
+    want = [module_by_module(model, x) for x in inputs]
+    run_plan(model, inputs[0])
+    got = [None] * len(inputs)
+    errors = []
+
+    def worker(k):
+        try:
+            with torch.no_grad():
+                for _ in range(5):
+                    for i in range(k, len(inputs), 4):
+                        got[i] = model(inputs[i])
+                        assert torch.equal(got[i], want[i]), i
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert model.plan_status() == "plan"
+
+
+def test_plan_never_reuses_the_output_it_returned():
+    """Two max pools of one size: the first one's buffer is kept for the next call, the
+    second one's (the result) is the caller's and must stay as returned."""
+    model = plan_of(nn.MaxPool2d(3, 1, 1), nn.MaxPool2d(3, 1, 1))
+    torch.manual_seed(4)
+    xs = [torch.randn(2, 5, 9, 9) for _ in range(4)]
+    want = [module_by_module(model, x) for x in xs]
+    got = [run_plan(model, x) for x in xs]
+    assert model._plan.kept_bytes() == 2 * 5 * 9 * 9 * 4  # the first pool's output
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    assert len({g.data_ptr() for g in got}) == len(got)
+
+
+def test_plan_without_kept_buffers(monkeypatch):
+    """IRNET_PLAN_KEEP_BUFFERS=0 (read when a plan is made): nothing kept, same results."""
+    monkeypatch.setenv("IRNET_PLAN_KEEP_BUFFERS", "0")
+    model = irnet.deploy.convert(trained_like("resnet20_1w1a", 32), fuse=True)
+    x = torch.randn(3, 3, 32, 32)
+    for _ in range(2):
+        assert torch.equal(run_plan(model, x), module_by_module(model, x))
+        assert model._plan.kept_bytes() == 0

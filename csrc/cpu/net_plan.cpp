@@ -13,14 +13,19 @@
 //   plan_create(Tensor[] tensors, Tensor program) -> int   validate and keep a plan
 //   plan_run(int plan, Tensor x) -> Tensor                 run it on a batch
 //   plan_release(int plan) -> ()
+//   plan_kept_bytes(int plan) -> int                       activation memory kept between calls
 // `tensors` are the network's weights and buffers, referenced by index; `program` is an
 // int64 tensor of steps, each `kind, nfields, fields...` (the Step* constants below and
 // irnet/deploy/plan.py agree on every field); activations live in numbered slots (slot
 // 0: the input), float fields travel as the int64 bit patterns of doubles.
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
+#include <c10/core/MemoryFormat.h>
+#include <c10/util/strides.h>
 #include <torch/library.h>
 
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -108,7 +113,102 @@ struct Step {
   std::vector<int64_t> f;
 };
 
+// Activation memory kept between the steps of a call and from one call to the next.
+//
+// With glibc's default settings every large activation a step frees goes back to the
+// kernel (munmap, or a trim of the heap top) and the next one arrives as fresh zero pages:
+// 12k page faults per forward of the fused ResNet-20 at batch 128.  A plan instead keeps
+// the storage of every slot it drops (when no other tensor shares it) and hands it to a
+// later step, of this call or the next, that needs at most as many bytes: the most recently
+// given back of those no more than kMaxWaste times larger (the warmest in cache, as the C
+// allocator's own reuse would be).  At the end of a call it releases what that call neither
+// took nor gave back, so a plan holds at most one call's worth of dropped activations
+// between calls.  Every step writes all of its output, so a reused buffer never leaks old
+// values, and the output of a call is never kept.  Calls on several threads at once are
+// safe: a buffer belongs to one call until it is given back.  The float layers' outputs
+// (ATen's conv2d, ...) still come from the C allocator.  Where that allocator keeps freed
+// memory itself (MALLOC_TRIM_THRESHOLD_ / MALLOC_MMAP_MAX_, jemalloc), its own reuse is as
+// good or better (measured: up to ~10% faster on ResNet-18 at batch 16, same on ResNet-20):
+// IRNET_PLAN_KEEP_BUFFERS=0 turns the pool off for plans made afterwards.
+class BufferPool {
+ public:
+  // false (IRNET_PLAN_KEEP_BUFFERS=0 when the plan is made): every buffer is the C allocator's
+  bool keep = true;
+
+  // A new tensor of `sizes` in `format` (4-d), on kept memory where some fits.
+  Tensor empty(at::IntArrayRef sizes, at::MemoryFormat format, const at::TensorOptions& options) {
+    if (!keep) return at::empty(sizes, options.memory_format(format));
+    const size_t nbytes = static_cast<size_t>(c10::multiply_integers(sizes)) * options.dtype().itemsize();
+    c10::Storage storage;
+    if (nbytes > 0) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (size_t i = kept_.size(); i-- > 0;) {  // newest first
+        const size_t have = kept_[i].storage.nbytes();
+        if (have >= nbytes && have <= kMaxWaste * nbytes) {
+          storage = std::move(kept_[i].storage);
+          kept_.erase(kept_.begin() + static_cast<std::ptrdiff_t>(i));
+          break;
+        }
+      }
+    }
+    if (!storage) return at::empty(sizes, options.memory_format(format));
+    Tensor t = at::detail::make_tensor<c10::TensorImpl>(std::move(storage), c10::DispatchKeySet(options.computeDispatchKey()),
+                                                        options.dtype());
+    if (format == at::MemoryFormat::ChannelsLast)
+      t.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, c10::get_channels_last_strides_2d(sizes));
+    else
+      t.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, c10::contiguous_strides(sizes));
+    return t;
+  }
+
+  // Keep `t`'s memory if `t` is the only holder of it (not a view, not the caller's).
+  void give_back(Tensor t, uint64_t call) {
+    if (!keep) return;
+    if (!t.defined() || t.use_count() != 1 || !t.has_storage() || t.storage().use_count() != 1 ||
+        t.storage().nbytes() == 0 || !t.storage().resizable())
+      return;
+    c10::Storage storage = t.storage();
+    t.reset();
+    std::lock_guard<std::mutex> lock(mutex_);
+    kept_.push_back(Kept{std::move(storage), call});
+  }
+
+  // Release what was kept before `call` and not reused by it (the memory goes after the lock).
+  void end_call(uint64_t call) {
+    std::vector<c10::Storage> release;
+    std::lock_guard<std::mutex> lock(mutex_);
+    size_t still_kept = 0;
+    for (size_t i = 0; i < kept_.size(); ++i) {
+      if (kept_[i].call < call)
+        release.push_back(std::move(kept_[i].storage));
+      else if (still_kept++ != i)
+        kept_[still_kept - 1] = std::move(kept_[i]);
+    }
+    kept_.resize(still_kept);
+  }
+
+  uint64_t begin_call() { return next_call_.fetch_add(1) + 1; }
+
+  int64_t kept_bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    int64_t total = 0;
+    for (const Kept& k : kept_) total += static_cast<int64_t>(k.storage.nbytes());
+    return total;
+  }
+
+ private:
+  static constexpr size_t kMaxWaste = 4;
+  struct Kept {
+    c10::Storage storage;
+    uint64_t call;  // the call that gave it back
+  };
+  std::mutex mutex_;
+  std::vector<Kept> kept_;  // in the order given back
+  std::atomic<uint64_t> next_call_{0};
+};
+
 struct Plan {
+  mutable BufferPool pool;
   std::vector<Tensor> tensors;
   std::vector<Step> steps;
   int64_t slots = 1;
@@ -140,8 +240,8 @@ Tensor bin_conv(const Plan& plan, const std::vector<int64_t>& f, const Tensor& x
   const int64_t sh = f[5], sw = f[6], ph = f[7], pw = f[8], dh = f[9], dw = f[10];
   const int64_t O = bits.size(0), kh = bits.size(1), kw = bits.size(2);
   const bool cl = channels_last_layout(x);
-  Tensor out = at::empty({x.size(0), O, out_size(x.size(2), kh, sh, ph, dh), out_size(x.size(3), kw, sw, pw, dw)},
-                         x.options().memory_format(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  Tensor out = plan.pool.empty({x.size(0), O, out_size(x.size(2), kh, sh, ph, dh), out_size(x.size(3), kw, sw, pw, dw)},
+                               cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous, x.options());
   const std::optional<Tensor> scale = plan.opt(f[3]);
   if (fused_step && f[12]) {
     const std::optional<Tensor> residual =
@@ -155,6 +255,7 @@ Tensor bin_conv(const Plan& plan, const std::vector<int64_t>& f, const Tensor& x
 }
 
 Tensor run_plan(const Plan& plan, const Tensor& x) {
+  const uint64_t call = plan.pool.begin_call();
   std::vector<Tensor> slots(static_cast<size_t>(plan.slots));
   slots[0] = x;
   auto in = [&](int64_t s) -> const Tensor& { return slots[static_cast<size_t>(s)]; };
@@ -178,9 +279,9 @@ Tensor run_plan(const Plan& plan, const Tensor& x) {
         break;
       case kMaxPool: {
         const Tensor& xi = in(f[0]);
-        y = at::empty({xi.size(0), xi.size(1), (xi.size(2) + 2 * f[6] - f[2]) / f[4] + 1,
-                       (xi.size(3) + 2 * f[7] - f[3]) / f[5] + 1},
-                      xi.options().memory_format(layout_of(xi)));
+        y = plan.pool.empty({xi.size(0), xi.size(1), (xi.size(2) + 2 * f[6] - f[2]) / f[4] + 1,
+                             (xi.size(3) + 2 * f[7] - f[3]) / f[5] + 1},
+                            layout_of(xi), xi.options());
         PoolEpilogue epi;
         epi.clamp = f[8] != 0;
         epi.lo = float(as_double(f[9]));
@@ -195,8 +296,8 @@ Tensor run_plan(const Plan& plan, const Tensor& x) {
       case kOptionA: {
         const Tensor& xi = in(f[0]);
         const int64_t s = f[2];
-        y = at::empty({xi.size(0), xi.size(1) + f[3] + f[4], (xi.size(2) + s - 1) / s, (xi.size(3) + s - 1) / s},
-                      xi.options().memory_format(layout_of(xi)));
+        y = plan.pool.empty({xi.size(0), xi.size(1) + f[3] + f[4], (xi.size(2) + s - 1) / s, (xi.size(3) + s - 1) / s},
+                            layout_of(xi), xi.options());
         option_a_shortcut_into(xi, s, f[3], f[4], y);
         break;
       }
@@ -205,10 +306,10 @@ Tensor run_plan(const Plan& plan, const Tensor& x) {
         if (f[11] >= 0) y.add_(plan.t(f[11]).reshape({1, -1, 1, 1}));
         break;
       case kBinConvPool: {
-        const Tensor conv = bin_conv(plan, f, in(f[0]), slots, false);
-        y = at::empty({conv.size(0), conv.size(1), (conv.size(2) + 2 * f[15] - f[11]) / f[13] + 1,
-                       (conv.size(3) + 2 * f[16] - f[12]) / f[14] + 1},
-                      conv.options().memory_format(layout_of(conv)));
+        Tensor conv = bin_conv(plan, f, in(f[0]), slots, false);
+        y = plan.pool.empty({conv.size(0), conv.size(1), (conv.size(2) + 2 * f[15] - f[11]) / f[13] + 1,
+                             (conv.size(3) + 2 * f[16] - f[12]) / f[14] + 1},
+                            layout_of(conv), conv.options());
         PoolEpilogue epi;
         epi.alpha = plan.t(f[17]).const_data_ptr<float>();
         epi.beta = plan.t(f[18]).const_data_ptr<float>();
@@ -216,6 +317,7 @@ Tensor run_plan(const Plan& plan, const Tensor& x) {
         epi.lo = float(as_double(f[19]));
         epi.hi = float(as_double(f[20]));
         max_pool2d_into(conv, {f[11], f[12]}, {f[13], f[14]}, {f[15], f[16]}, epi, y);
+        plan.pool.give_back(std::move(conv), call);
         break;
       }
       case kGlobalAvgPool:
@@ -231,9 +333,13 @@ Tensor run_plan(const Plan& plan, const Tensor& x) {
         TORCH_CHECK(false, "irnet::plan_run: unknown step kind ", step.kind);
     }
     slots[static_cast<size_t>(f[1 + (step.kind == kAdd)])] = std::move(y);
-    for (const int64_t s : plan.drop[static_cast<size_t>(&step - plan.steps.data())]) slots[static_cast<size_t>(s)].reset();
+    for (const int64_t s : plan.drop[static_cast<size_t>(&step - plan.steps.data())])
+      plan.pool.give_back(std::move(slots[static_cast<size_t>(s)]), call);
   }
-  return slots[static_cast<size_t>(plan.out_slot)];
+  Tensor out = std::move(slots[static_cast<size_t>(plan.out_slot)]);
+  slots.clear();
+  plan.pool.end_call(call);
+  return out;
 }
 
 // ------------------------------------------------------------------ the plans kept
@@ -299,6 +405,8 @@ int64_t plan_create(const std::vector<Tensor>& tensors, const Tensor& program) {
   TORCH_CHECK(n >= 2, "irnet::plan_create: expected a program that starts with (slots, out_slot)");
   auto plan = std::make_shared<Plan>();
   plan->tensors = tensors;
+  const char* keep_buffers = std::getenv("IRNET_PLAN_KEEP_BUFFERS");
+  plan->pool.keep = keep_buffers == nullptr || std::strcmp(keep_buffers, "0") != 0;
   for (const Tensor& t : tensors)
     TORCH_CHECK(t.device().is_cpu(), "irnet::plan_create: expected every tensor of a plan on the CPU, got ", t.device());
   plan->slots = p[0];
@@ -332,20 +440,23 @@ int64_t plan_create(const std::vector<Tensor>& tensors, const Tensor& program) {
   return id;
 }
 
+std::shared_ptr<const Plan> find_plan(int64_t id, const char* op) {
+  std::lock_guard<std::mutex> lock(g_plans_mutex);
+  const auto it = g_plans.find(id);
+  TORCH_CHECK(it != g_plans.end(), "irnet::", op, ": no plan ", id, " (released, or never created)");
+  return it->second;
+}
+
 Tensor plan_run(int64_t id, const Tensor& x) {
-  std::shared_ptr<const Plan> plan;
-  {
-    std::lock_guard<std::mutex> lock(g_plans_mutex);
-    const auto it = g_plans.find(id);
-    TORCH_CHECK(it != g_plans.end(), "irnet::plan_run: no plan ", id, " (released, or never created)");
-    plan = it->second;
-  }
+  const std::shared_ptr<const Plan> plan = find_plan(id, "plan_run");
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 4,
               "irnet::plan_run: expected a float32 CPU input (N, C, H, W), got ", x.scalar_type(), " ", x.sizes(),
               " on ", x.device());
   const Tensor xc = x.is_contiguous() || channels_last_layout(x) ? x : x.contiguous();
   return run_plan(*plan, xc);
 }
+
+int64_t plan_kept_bytes(int64_t id) { return find_plan(id, "plan_kept_bytes")->pool.kept_bytes(); }
 
 void plan_release(int64_t id) {
   std::lock_guard<std::mutex> lock(g_plans_mutex);
@@ -360,4 +471,5 @@ TORCH_LIBRARY_FRAGMENT(irnet, m) {
   m.def("plan_create(Tensor[] tensors, Tensor program) -> int", &irnet::cpu::plan_create);
   m.def("plan_run(int plan, Tensor x) -> Tensor", &irnet::cpu::plan_run);
   m.def("plan_release(int plan) -> ()", &irnet::cpu::plan_release);
+  m.def("plan_kept_bytes(int plan) -> int", &irnet::cpu::plan_kept_bytes);
 }

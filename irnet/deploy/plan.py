@@ -320,6 +320,11 @@ class NetPlan:
     def run(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(self._handle, x)
 
+    def kept_bytes(self) -> int:
+        """Bytes of activation memory the plan keeps between calls (the buffers its last
+        call freed, handed to the next call's steps of the same size; see net_plan.cpp)."""
+        return int(torch.ops.irnet.plan_kept_bytes(self._handle))
+
     def __del__(self):
         handle = getattr(self, "_handle", None)
         if handle is not None:
