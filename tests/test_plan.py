@@ -61,7 +61,7 @@ def test_zoo_plan_equals_module_by_module(name, size, kw, layout):
     assert isinstance(fused, PackedModel)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     fused = fused.to(memory_format=fmt)
-    for batch in (1, 3, 0):
+    for batch in (1, 3, 0, 3, 1):  # the repeats run on the buffers the plan kept
         x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
         got = run_plan(fused, x)
         want = module_by_module(fused, x)

@@ -322,7 +322,7 @@ class NetPlan:
 
     def kept_bytes(self) -> int:
         """Bytes of activation memory the plan keeps between calls (the buffers its last
-        call freed, handed to the next call's steps of the same size; see net_plan.cpp)."""
+        call freed, handed to the next call's steps that fit in them; see net_plan.cpp)."""
         return int(torch.ops.irnet.plan_kept_bytes(self._handle))
 
     def __del__(self):
