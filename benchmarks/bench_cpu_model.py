@@ -91,7 +91,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 import irnet  # noqa: E402
 from irnet import deploy  # noqa: E402
-from irnet.nn import IRConv2d, IRLinear  # noqa: E402
+from irnet.models import float_twin  # noqa: E402
 from machine import cpu_name, keep_freed_memory, loadavg  # noqa: E402
 from profile_layers import calibrated_model, format_profile, input_size, profile_model  # noqa: E402
 from timing import time_round_robin  # noqa: E402
@@ -118,30 +118,6 @@ _T0 = time.perf_counter()
 
 def log(msg: str):
     print(f"[{time.perf_counter() - _T0:6.0f} s] {msg}", flush=True)
-
-
-def float_twin(model: nn.Module) -> nn.Module:
-    """The model with each binary layer replaced by a float layer of the same shape and
-    latent weight: the full-precision network of the same architecture (eval mode)."""
-    twin = copy.deepcopy(model).eval()
-
-    def replace(module: nn.Module):
-        for name, child in module.named_children():
-            if isinstance(child, IRConv2d):
-                new = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                                child.dilation, child.groups, bias=child.bias is not None)
-            elif isinstance(child, IRLinear):
-                new = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
-            else:
-                replace(child)
-                continue
-            new.weight.data.copy_(child.weight.data)
-            if child.bias is not None:
-                new.bias.data.copy_(child.bias.data)
-            setattr(module, name, new.eval())
-
-    replace(twin)
-    return twin
 
 
 def compare_logits(reference: torch.Tensor, logits: torch.Tensor) -> dict:

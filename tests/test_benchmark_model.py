@@ -7,34 +7,17 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn as nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
 import bench_cpu_model as bench  # noqa: E402
 import profile_layers  # noqa: E402
 
 from irnet import deploy  # noqa: E402
-from irnet.nn import IRConv2d, IRLinear  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def resnet20():
     return profile_layers.calibrated_model("resnet20_1w1a")
-
-
-def test_float_twin_replaces_every_binary_layer_with_its_latent_weight(resnet20):
-    twin = bench.float_twin(resnet20)
-    assert not any(isinstance(m, (IRConv2d, IRLinear)) for m in twin.modules())
-    binary_convs = [m for m in resnet20.modules() if isinstance(m, IRConv2d)]
-    twin_modules = dict(twin.named_modules())
-    for name, m in resnet20.named_modules():
-        if isinstance(m, IRConv2d):
-            t = twin_modules[name]
-            assert type(t) is nn.Conv2d and torch.equal(t.weight, m.weight) and t.stride == m.stride
-    assert len(binary_convs) == 18 and not twin.training
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():  # a different function from the binary model (real-valued activations)
-        assert not torch.allclose(twin(x), resnet20(x))
 
 
 def test_check_passes_packed_models_and_stops_on_a_broken_one(resnet20):

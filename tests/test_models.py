@@ -105,3 +105,25 @@ def test_layer_bad_input_messages():
     lin = IRLinear(10, 4)
     with pytest.raises(ValueError, match="expected 10 input features, got 9"):
         lin(torch.randn(2, 9))
+
+
+@pytest.mark.parametrize("name", ["resnet20_1w1a", "vgg_small_1w32a", "resnet18_1w1a"])
+def test_float_twin_replaces_every_binary_layer_with_its_latent_weight(name):
+    """irnet.models.float_twin: the speed baseline, the same architecture as a plain float
+    model (every binary conv an nn.Conv2d, every binary linear an nn.Linear, latent weights)."""
+    torch.manual_seed(0)
+    model = irnet.models.create(name)
+    twin = irnet.models.float_twin(model)
+    assert not any(isinstance(m, (IRConv2d, IRLinear)) for m in twin.modules())
+    twin_modules = dict(twin.named_modules())
+    binary = [(n, m) for n, m in model.named_modules() if isinstance(m, IRConv2d)]
+    assert len(binary) == EXPECTED[name][0] and not twin.training and model.training  # the original untouched
+    for n, m in binary:
+        t = twin_modules[n]
+        assert type(t) is nn.Conv2d and torch.equal(t.weight, m.weight) and t.weight.data_ptr() != m.weight.data_ptr()
+        assert (t.stride, t.padding, t.dilation, t.groups) == (m.stride, m.padding, m.dilation, m.groups)
+    side = EXPECTED[name][1]
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():  # a different function from the binary model (real-valued activations)
+        assert twin(x).shape == model.eval()(x).shape
+        assert not torch.allclose(twin(x), model(x))

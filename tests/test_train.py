@@ -196,6 +196,7 @@ def test_short_run_learns_writes_outputs_and_packed_model_agrees(tmp_path):
     except ImportError:
         pytest.skip("irnet.deploy not present: packed-model check not run")
     assert summary["deploy"]["n"] == 200 and summary["deploy"]["identical"] == 200
+    assert all(summary["deploy"][k] > 0 for k in ("float_s", "float_twin_s", "packed_s", "fused_s"))
 
 
 def test_ops_reference_restarts_without_the_extension(tmp_path):

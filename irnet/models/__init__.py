@@ -5,6 +5,7 @@
     >>> model = irnet.models.create("resnet20_1w1a")                    # Bi-Real structure
     >>> model = irnet.models.create("resnet20_1w1a", structure="normal")
     >>> model = irnet.models.create("resnet18_1w1a", num_classes=100)
+    >>> baseline = irnet.models.float_twin(model)  # the same net as a plain float32 model
 
 First conv and last linear stay full precision; every other conv is an
 :class:`irnet.nn.IRConv2d`.  ``1w1a`` binarizes weights and activations, ``1w32a``
@@ -19,8 +20,9 @@ from typing import Callable
 import torch.nn as nn
 
 from . import cifar, imagenet
+from .twin import float_twin
 
-__all__ = ["create", "names", "spec", "ModelSpec"]
+__all__ = ["create", "names", "spec", "ModelSpec", "float_twin"]
 
 
 @dataclass(frozen=True)

@@ -45,28 +45,39 @@ def predict(model: nn.Module, feed) -> torch.Tensor:
 
 
 def deploy_check(model: nn.Module, feed, d: Dist) -> dict | None:
-    """Convert with irnet.deploy (when present) and compare predictions on this rank's test shard;
-    the counts are summed over all ranks, the timings are this rank's."""
+    """Convert with irnet.deploy (when present) and compare predictions on this rank's test shard
+    (``convert(model)``, bit-exact to the trained model); the counts are summed over all ranks.
+
+    Timings, this rank's, over its test shard: the trained model (``float_s``: it re-binarizes
+    its weights on every call), its plain float twin (``float_twin_s``: the same architecture
+    with every binary layer an ``nn.Conv2d`` / ``nn.Linear``, the fair baseline), the packed
+    model (``packed_s``) and the fast form ``convert(model, fuse=True)`` (``fused_s``)."""
     try:
         from .. import deploy
     except ImportError as exc:
         log(d, f"irnet.deploy is not available ({exc}); skipping the packed-model check")
         return None
+    from ..models import float_twin
+
     model = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format).eval()
     fmt = feed.norm.memory_format
     feed.norm.memory_format = torch.contiguous_format
+
+    def timed_predict(m: nn.Module):
+        t0 = time.perf_counter()
+        pred = predict(m, feed)
+        return pred, time.perf_counter() - t0
+
     try:
-        t0 = time.perf_counter()
-        float_pred = predict(model, feed)
-        t_float = time.perf_counter() - t0
-        packed = deploy.convert(model)
-        t0 = time.perf_counter()
-        packed_pred = predict(packed, feed)
-        t_packed = time.perf_counter() - t0
+        float_pred, t_float = timed_predict(model)
+        packed_pred, t_packed = timed_predict(deploy.convert(model))
+        _, t_twin = timed_predict(float_twin(model))
+        _, t_fused = timed_predict(deploy.convert(model, fuse=True))
     finally:
         feed.norm.memory_format = fmt
     same = int((float_pred == packed_pred).sum())
-    res = {"n": int(float_pred.numel()), "identical": same, "float_s": t_float, "packed_s": t_packed}
+    res = {"n": int(float_pred.numel()), "identical": same, "float_s": t_float, "packed_s": t_packed,
+           "float_twin_s": t_twin, "fused_s": t_fused}
     counts = torch.tensor([res["n"], same], dtype=torch.float64, device=d.device)
     all_reduce(counts)
     res["n"], res["identical"] = int(counts[0]), int(counts[1])
