@@ -290,11 +290,13 @@ run_train() {  # $1 = tag, then extra flags
   "$PY" -m irnet.train --preset demo --device cuda --epochs 1 --no-progress --out "$SCRATCH/run_$tag" "${extra[@]}" \
     2>&1 | tee "$out"
   rc=${PIPESTATUS[0]}
-  local epoch packed ops
+  local epoch packed ops speed
   epoch=$(grep -o 'epoch 1/1: .*' "$out" | tail -n 1 | sed 's/train loss [^|]*| //')
-  packed=$(grep -o 'packed model (irnet.deploy.convert): [0-9]*/[0-9]* test predictions identical to the float model -> [A-Za-z ]*' "$out" | tail -n 1)
+  packed=$(grep -o 'packed model (irnet.deploy.convert): [0-9]*/[0-9]* test predictions identical to the trained model -> [A-Za-z ]*' "$out" | tail -n 1)
   ops=$(grep -o '^ops: [a-z]*' "$out" | tail -n 1)
+  speed=$(grep -o 'packed fused [0-9.]* s vs [0-9.]* s for the same network as a plain float model ([0-9.]*x' "$out" | tail -n 1)
   note "${epoch:-no epoch finished}"
+  [ -n "$speed" ] && note "$speed)"
   note "${packed:+packed ${packed#*: }}${packed:-no packed-model check printed}; ${ops:-no ops line}"
   [ "$rc" -eq 0 ] || { note "exit status $rc"; return 1; }
   [[ "$packed" == *"-> the same" ]] || return 1

@@ -253,7 +253,8 @@ def test_gpu_check_train_step_reads_the_training_log(tmp_path):
     step = _steps(tmp_path)["train"]
     assert step["status"] == "PASS", (step, res.stdout[-3000:])
     assert "epoch 1/1: test loss" in step["note"]
-    assert "packed 64/64 test predictions identical to the float model -> the same" in step["note"]
+    assert "packed 64/64 test predictions identical to the trained model -> the same" in step["note"]
+    assert "s for the same network as a plain float model (" in step["note"]
     assert "ops: fused" in step["note"] and res.returncode == 0
 
 
