@@ -1,5 +1,5 @@
 """Evaluation on the test set (every rank its shard, sums all-reduced) and the deploy check: the
-trained model converted by :mod:`irnet.deploy` must predict the same classes as the float model."""
+packed model made by :mod:`irnet.deploy` must predict the same classes as the trained model."""
 from __future__ import annotations
 
 import copy
