@@ -93,3 +93,31 @@ class IRLinear(BinaryLayer, nn.Linear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", binary_act={self.binary_act}"
+
+
+def plain_layer(layer: "IRConv2d | IRLinear", weight: torch.Tensor) -> nn.Module:
+    """An ordinary ``nn.Conv2d`` / ``nn.Linear`` of ``layer``'s shape and bias holding
+    ``weight``, on ``weight``'s device and dtype (the 1w32a layers of a packed model, and
+    the float twin's layers)."""
+    if isinstance(layer, IRConv2d):
+        new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                        layer.dilation, bias=layer.bias is not None)
+    else:
+        new = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    new = new.to(device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias)
+    return new
+
+
+def replace_layers(module: nn.Module, replacement) -> None:
+    """In place, through the whole tree: each child for which ``replacement(child)`` returns
+    another module is replaced by it (and not descended into)."""
+    for name, child in module.named_children():
+        new = replacement(child)
+        if new is not child:
+            setattr(module, name, new)
+        else:
+            replace_layers(child, replacement)

@@ -213,8 +213,8 @@ struct Plan {
   std::vector<Step> steps;
   int64_t slots = 1;
   int64_t out_slot = 0;
-  // drop[i]: the slots whose last reader is step i: their tensors go back to the
-  // allocator right after it (so a deep network reuses a few activations' memory)
+  // drop[i]: the slots whose last reader is step i: their tensors go back to `pool`
+  // right after it (so a deep network reuses a few activations' memory)
   std::vector<std::vector<int64_t>> drop;
 
   const Tensor& t(int64_t i) const { return tensors[static_cast<size_t>(i)]; }
@@ -222,14 +222,6 @@ struct Plan {
     return i < 0 ? std::nullopt : std::optional<Tensor>(tensors[static_cast<size_t>(i)]);
   }
 };
-
-bool channels_last_layout(const Tensor& t) {
-  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
-at::MemoryFormat layout_of(const Tensor& t) {
-  return channels_last_layout(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
 
 int64_t out_size(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d) { return (size + 2 * p - d * (k - 1) - 1) / s + 1; }
 
@@ -239,9 +231,10 @@ Tensor bin_conv(const Plan& plan, const std::vector<int64_t>& f, const Tensor& x
   const Tensor& bits = plan.t(f[2]);
   const int64_t sh = f[5], sw = f[6], ph = f[7], pw = f[8], dh = f[9], dw = f[10];
   const int64_t O = bits.size(0), kh = bits.size(1), kw = bits.size(2);
-  const bool cl = channels_last_layout(x);
+  const at::MemoryFormat format = layout_of(x);
+  const bool cl = format == at::MemoryFormat::ChannelsLast;
   Tensor out = plan.pool.empty({x.size(0), O, out_size(x.size(2), kh, sh, ph, dh), out_size(x.size(3), kw, sw, pw, dw)},
-                               cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous, x.options());
+                               format, x.options());
   const std::optional<Tensor> scale = plan.opt(f[3]);
   if (fused_step && f[12]) {
     const std::optional<Tensor> residual =

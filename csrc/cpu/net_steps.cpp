@@ -136,20 +136,20 @@ void max_pool_nhwc(const float* x, float* out, int64_t N, const PoolGeometry& g,
   });
 }
 
-bool channels_last_layout(const at::Tensor& t) {
-  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
 void check_layouts(const char* what, const at::Tensor& x, const at::Tensor& out) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat && x.dim() == 4 && out.dim() == 4,
               "irnet ", what, ": expected 4-d float32 tensors, got ", x.scalar_type(), " ", x.sizes(), " and ",
               out.scalar_type(), " ", out.sizes());
-  const auto fmt = channels_last_layout(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto fmt = layout_of(x);
   TORCH_CHECK(x.is_contiguous(fmt) && out.is_contiguous(fmt), "irnet ", what,
               ": expected input and output both NCHW-contiguous or both channels_last");
 }
 
 }  // namespace
+
+bool channels_last_layout(const at::Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
 
 void max_pool2d_into(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
                      const PoolEpilogue& epi, const at::Tensor& out) {

@@ -35,6 +35,15 @@ void max_pool2d_into(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRe
 // x float32 NCHW-contiguous or channels_last; out (N, C + pad_lo + pad_hi, ceil(H/s), ceil(W/s)) in x's layout.
 void option_a_shortcut_into(const at::Tensor& x, int64_t stride, int64_t pad_lo, int64_t pad_hi, const at::Tensor& out);
 
+// Whether a 4-d tensor is channels_last and not also NCHW-contiguous (a tensor with
+// C == 1 or H == W == 1 is both; the plan's steps treat it as NCHW).
+bool channels_last_layout(const at::Tensor& t);
+
+// The memory format a step's output takes from its input: channels_last or NCHW.
+inline at::MemoryFormat layout_of(const at::Tensor& t) {
+  return channels_last_layout(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
 // x = clamp(x, lo, hi) in place (float32, any contiguous layout); NaN stays NaN.
 void clamp_inplace(const at::Tensor& x, float lo, float hi);
 

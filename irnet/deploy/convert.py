@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..models.blocks import BasicBlock
-from ..nn import IRConv2d, IRLinear
+from ..nn import IRConv2d, IRLinear, plain_layer, replace_layers
 from .layers import (FusedBasicBlock, FusedPackedConv2d, FusedPackedConvPool, PackedConv2d, PackedLinear,
                      _clamp_bounds, fold_conv_batchnorm)
 from .runtime import PackedModel
@@ -19,18 +19,7 @@ def _frozen_real_layer(layer: nn.Module) -> nn.Module:
     """A 1w32a layer: a plain conv/linear holding the fixed Libra-PB weight sign(v)*s."""
     with torch.no_grad():
         wb = layer.binary_weight().detach().clone()
-    if isinstance(layer, IRConv2d):
-        new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                        layer.dilation, bias=layer.bias is not None)
-    else:
-        new = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-    new = new.to(device=wb.device, dtype=wb.dtype)
-    with torch.no_grad():
-        new.weight.copy_(wb)
-        if layer.bias is not None:
-            new.bias.copy_(layer.bias)
-    new.requires_grad_(False)
-    return new
+    return plain_layer(layer, wb).requires_grad_(False)
 
 
 def _convert_layer(layer: nn.Module) -> nn.Module:
@@ -69,7 +58,7 @@ def convert(model: nn.Module, fuse: bool = False) -> nn.Module:
     if isinstance(model, (IRConv2d, IRLinear)):
         return _convert_layer(model.eval())
     packed = copy.deepcopy(model).eval()
-    _replace_layers(packed)
+    replace_layers(packed, _convert_layer)
     if fuse:
         _fuse(packed)
         packed.requires_grad_(False)
@@ -93,22 +82,12 @@ def preferred_memory_format(model: nn.Module) -> torch.memory_format:
     return torch.channels_last if widths and min(widths) >= 64 else torch.contiguous_format
 
 
-def _replace_layers(module: nn.Module) -> None:
-    for name, child in module.named_children():
-        new = _convert_layer(child)
-        if new is not child:
-            setattr(module, name, new)
-        else:
-            _replace_layers(child)
+def _fusable_bn(bn: nn.Module) -> bool:
+    return type(bn) is nn.BatchNorm2d and bn.running_mean is not None
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
-    return (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.running_mean is not None
-            and conv.out_channels == bn.num_features)
-
-
-def _fusable_bn(bn: nn.Module) -> bool:
-    return type(bn) is nn.BatchNorm2d and bn.running_mean is not None
+    return type(conv) is nn.Conv2d and _fusable_bn(bn) and conv.out_channels == bn.num_features
 
 
 def _fuse_sequence(children: list) -> list:

@@ -36,6 +36,7 @@ import torch.nn as nn
 
 from ..nn import BinaryLayer
 from .encoding import constant_magnitude_rows
+from .layers import _pair
 from .runtime import layer_by_layer
 
 __all__ = ["summary", "ModelSummary", "LayerRow"]
@@ -95,10 +96,6 @@ def _classify(module: nn.Module):
             return "1w32a", tuple(w.shape), own + w.shape[0], w.numel()
         return "float", tuple(w.shape), own, 0
     return "", None, _float_values(module), 0
-
-
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def _macs(module: nn.Module, weight_shape, x, out) -> int:

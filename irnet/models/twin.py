@@ -11,7 +11,7 @@ import copy
 
 import torch.nn as nn
 
-from ..nn import IRConv2d, IRLinear
+from ..nn import IRConv2d, IRLinear, plain_layer, replace_layers
 
 __all__ = ["float_twin"]
 
@@ -19,23 +19,12 @@ __all__ = ["float_twin"]
 def float_twin(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (eval mode) with each binary layer replaced by a float layer of the
     same shape and latent weight."""
-    twin = copy.deepcopy(model).eval()
-    _replace_binary_layers(twin)
-    return twin
+    twin = copy.deepcopy(model)
+    replace_layers(twin, _float_layer)
+    return twin.eval()
 
 
-def _replace_binary_layers(module: nn.Module) -> None:
-    for name, child in module.named_children():
-        if isinstance(child, IRConv2d):
-            new = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                            child.dilation, child.groups, bias=child.bias is not None)
-        elif isinstance(child, IRLinear):
-            new = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
-        else:
-            _replace_binary_layers(child)
-            continue
-        new = new.to(device=child.weight.device, dtype=child.weight.dtype)
-        new.weight.data.copy_(child.weight.data)
-        if child.bias is not None:
-            new.bias.data.copy_(child.bias.data)
-        setattr(module, name, new.eval())
+def _float_layer(layer: nn.Module) -> nn.Module:
+    if isinstance(layer, (IRConv2d, IRLinear)):
+        return plain_layer(layer, layer.weight.detach())
+    return layer
