@@ -20,6 +20,9 @@ namespace core {
 // Floor division for a possibly negative numerator and positive denominator.
 IRNET_HD constexpr int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
+// Ceiling division for a non-negative numerator and positive denominator.
+IRNET_HD constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 // (floor, not truncation: a kernel larger than the padded input gives <= 0)
 IRNET_HD constexpr int64_t conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil) {
   return floor_div(in + 2 * pad - dil * (k - 1) - 1, stride) + 1;

@@ -6,6 +6,8 @@
 // contiguous runs of a row (NCHW) or of the channels (channels_last).
 #include "cpu/net_steps.h"
 
+#include "core/conv_epilogue.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -25,11 +27,6 @@ namespace {
 // PyTorch's max: a NaN wins (and stays), otherwise the larger value.
 inline float max_nan(float m, float v) { return (v > m || v != v) ? v : m; }
 
-inline float clamp_nan(float v, float lo, float hi) {
-  v = v < lo ? lo : v;
-  return v > hi ? hi : v;
-}
-
 // v = clamp(v * a + b) or clamp(v) on n values of one channel (NCHW)
 inline void epilogue_run(float* __restrict y, int64_t n, const float* a, const float* b, bool clamp, float lo,
                          float hi) {
@@ -38,7 +35,7 @@ inline void epilogue_run(float* __restrict y, int64_t n, const float* a, const f
     for (int64_t i = 0; i < n; ++i) y[i] = y[i] * av + bv;
   }
   if (clamp)
-    for (int64_t i = 0; i < n; ++i) y[i] = clamp_nan(y[i], lo, hi);
+    for (int64_t i = 0; i < n; ++i) y[i] = core::clamp_keep_nan(y[i], lo, hi);
 }
 
 struct PoolGeometry {
@@ -105,12 +102,12 @@ IRNET_CLONES void max_pool_row_nhwc(const float* __restrict x, float* __restrict
     if (epi.alpha)
       for (int64_t c = 0; c < C; ++c) o[c] = o[c] * epi.alpha[c] + epi.beta[c];
     if (epi.clamp)
-      for (int64_t c = 0; c < C; ++c) o[c] = clamp_nan(o[c], epi.lo, epi.hi);
+      for (int64_t c = 0; c < C; ++c) o[c] = core::clamp_keep_nan(o[c], epi.lo, epi.hi);
   }
 }
 
 IRNET_CLONES void clamp_run(float* __restrict y, int64_t n, float lo, float hi) {
-  for (int64_t i = 0; i < n; ++i) y[i] = clamp_nan(y[i], lo, hi);
+  for (int64_t i = 0; i < n; ++i) y[i] = core::clamp_keep_nan(y[i], lo, hi);
 }
 
 void max_pool_nchw(const float* x, float* out, int64_t planes, const PoolGeometry& g, const PoolEpilogue& epi) {

@@ -457,8 +457,7 @@ const LutKernels* lut_for(const ConvProblem& P, const LevelKernels* k) {
 //         128@32 1.03 / 0.98; 512@8 1.01 / 0.92; 64@56 1.03 / 0.97; 128@28 0.85 / 0.96;
 //         256@14 0.81 / 0.79.
 // (A linear layer, one position per image, has useful = 1 / V: never.)
-bool prefers_planes(const ConvProblem& P) {
-  const PlanesLayout Y = planes_layout(P);
+bool prefers_planes(const ConvProblem& P, const PlanesLayout& Y) {
   const double useful = double(P.Ho * P.Wo) / double(Y.vectors * Y.vec);
   const double gain = useful * double(64 * P.words) / double(Y.G.groups * Y.lane_bits);
   return gain >= (P.out_cl ? 1.5 : 0.95);
@@ -472,9 +471,9 @@ const PlanesKernels* planes_for(const ConvProblem& P, const LevelKernels* k) {
   if ((algo != kAlgoAuto && algo != kAlgoPlanes) || std::strcmp(k->name, "avx512") != 0) return nullptr;
   const PlanesKernels* planes = planes_kernels();
   if (planes == nullptr) return nullptr;
-  const PlaneGeometry G = plane_geometry(P, 64, 8, 8);  // (the sub-plane sizes do not depend on L)
-  if (!padded_copy_fits(P, G.S * G.plane)) return nullptr;
-  return algo == kAlgoPlanes || prefers_planes(P) ? planes : nullptr;
+  const PlanesLayout Y = planes_layout(P);
+  if (!padded_copy_fits(P, Y.G.S * Y.G.plane)) return nullptr;
+  return algo == kAlgoPlanes || prefers_planes(P, Y) ? planes : nullptr;
 }
 
 // Runs task(t, scratch) for t in [0, ntasks) on workers that take tasks one at a time
@@ -716,12 +715,16 @@ int64_t check_words(const char* op, const Tensor* x_bits, const char* x_unit, co
 // both operands, then the one conv driver runs (a linear layer is a 1x1 conv).
 // (x_tail_clean: x_bits come from pack_bits_cpu here, whose tail bits are 0: no scan)
 // (The planes kernel reads only the in_channels bits of each pixel: no scan of x.)
-void run_packed(ConvProblem& P, const Tensor& x_bits, const Tensor& w_bits, const Tensor& s, Tensor& out,
-                bool x_tail_clean = false) {
-  const PlanesKernels* planes = planes_for(P, current());
-  const Tensor xc = x_tail_clean ? x_bits : planes ? x_bits.contiguous() : masked_tail(x_bits.contiguous(), P.C);
+// `planes`: planes_for(P, ...), or null.  x_bits undefined: the planes kernel packs the
+// float activations P.xf itself.
+void run_packed(ConvProblem& P, const PlanesKernels* planes, const Tensor& x_bits, const Tensor& w_bits,
+                const Tensor& s, Tensor& out, bool x_tail_clean = false) {
+  Tensor xc;  // alive until run_conv returns (P.x points into it)
+  if (x_bits.defined()) {
+    xc = x_tail_clean ? x_bits : planes ? x_bits.contiguous() : masked_tail(x_bits.contiguous(), P.C);
+    P.x = reinterpret_cast<const uint64_t*>(xc.const_data_ptr<int64_t>());
+  }
   const Tensor wc = masked_tail(w_bits.contiguous(), P.C);
-  P.x = reinterpret_cast<const uint64_t*>(xc.const_data_ptr<int64_t>());
   P.out = out.data_ptr<float>();
   run_conv(P, wc, s, planes);
 }
@@ -809,16 +812,14 @@ Tensor conv2d_cpu(const char* op, const Tensor& x, const Tensor& w_bits, const s
   // pass less)
   const bool xf_nchw = float_in && x.scalar_type() == at::kFloat && x.is_contiguous();
   const bool xf_cl = float_in && x.scalar_type() == at::kFloat && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-  if (xf_nchw || xf_cl) {
-    if (const PlanesKernels* planes = planes_for(P, current())) {
-      P.xf = x.const_data_ptr<float>();
-      P.xf_cl = !xf_nchw;
-      P.out = out.data_ptr<float>();
-      run_conv(P, masked_tail(w_bits.contiguous(), P.C), s, planes);
-      return out;
-    }
+  const PlanesKernels* planes = planes_for(P, current());
+  if (planes && (xf_nchw || xf_cl)) {
+    P.xf = x.const_data_ptr<float>();
+    P.xf_cl = !xf_nchw;
+    run_packed(P, planes, Tensor(), w_bits, s, out);
+    return out;
   }
-  run_packed(P, float_in ? pack_bits_cpu(x) : x, w_bits, s, out, float_in);
+  run_packed(P, planes, float_in ? pack_bits_cpu(x) : x, w_bits, s, out, float_in);
   return out;
 }
 
@@ -854,7 +855,7 @@ Tensor xnor_linear_cpu(const Tensor& x_bits, const Tensor& w_bits, const std::op
   ConvProblem P;
   P.N = N, P.H = 1, P.W = 1, P.words = words, P.C = in_features;
   P.O = O, P.kh = 1, P.kw = 1, P.Ho = 1, P.Wo = 1;
-  run_packed(P, x_bits, w_bits, s, out);
+  run_packed(P, planes_for(P, current()), x_bits, w_bits, s, out);
   return out;
 }
 

@@ -39,7 +39,7 @@ struct TableSet {
 };
 const TableSet kTables;
 
-IRNET_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+using core::ceil_div;
 }  // namespace
 
 PlaneGeometry plane_geometry(const ConvProblem& P, int64_t group_channels, int64_t vec, int64_t tile) {

@@ -4,6 +4,7 @@
 // handed out only where the CPU has it.  Torch-free.
 #include "cpu/xnor_planes.h"
 
+#include "core/conv_geometry.h"
 #include "cpu/fused_epilogue.h"
 
 #if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
@@ -17,7 +18,7 @@ namespace irnet {
 namespace cpu {
 
 namespace {
-IRNET_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+using core::ceil_div;
 
 // The register tile (the shapes tried: xnor_planes.h); the weights are padded to whole
 // tiles of kTileChannels.
