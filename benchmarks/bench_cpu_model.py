@@ -315,10 +315,7 @@ def summarize(row: dict):
     sp = {"over_best_float32": floats[row["best_float32"]] / packed,
           "unfused_over_best_float32": floats[row["best_float32"]] / med[row["unfused_best"]],
           "fused_over_unfused": med[row["unfused_best"]] / packed}
-    for k in ("float/nchw", "float/channels_last", "float/compiled"):
-        if k in med:
-            sp[f"over_{k}"] = med[k] / packed
-    for k in ("openvino", "openvino_f32"):
+    for k in ("float/nchw", "float/channels_last", "float/compiled", "openvino", "openvino_f32"):
         if k in med:
             sp[f"over_{k}"] = med[k] / packed
     if "fused/compiled" in med:
@@ -337,12 +334,15 @@ def summarize(row: dict):
                                               "met": None if value is None else bool(value >= target)}
 
 
+def _verdict(t: dict) -> str:
+    return "not measured" if t["met"] is None else ("met" if t["met"] else "NOT MET")
+
+
 def _target_text(row: dict, key: str) -> str:
     t = row["targets"].get(key)
     if t is None:
         return ""
-    verdict = "not measured" if t["met"] is None else ("met" if t["met"] else "NOT MET")
-    return f" (target {t['target']:g}x: {verdict})"
+    return f" (target {t['target']:g}x: {_verdict(t)})"
 
 
 def format_row(row: dict) -> str:
@@ -384,8 +384,7 @@ def summary_table(rows: list[dict]) -> str:
         med, sp = r["time_s"], r["speedup"]
         ov = f"{med['openvino'] * 1e3:.2f}" if "openvino" in med else "-"
         over_ov = f"{sp['over_openvino']:.2f}x" if "over_openvino" in sp else "-"
-        targets = "; ".join(f"{k.replace('over_', '')} {t['target']:g}x "
-                            f"{'not measured' if t['met'] is None else ('met' if t['met'] else 'NOT MET')}"
+        targets = "; ".join(f"{k.replace('over_', '')} {t['target']:g}x {_verdict(t)}"
                             for k, t in r["targets"].items())
         lines.append(f"{r['model']:<16s}{r['batch']:>6d}{med[r['best_float32']] * 1e3:>11.2f}{ov:>10s}"
                      f"{med[r['packed']] * 1e3:>10.2f}{sp['over_best_float32']:>7.2f}x{over_ov:>8s}  {targets}")

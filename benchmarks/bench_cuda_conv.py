@@ -165,9 +165,6 @@ def conv_algorithms(ops, cuda):
     """(names to time, a line saying what the build offers)."""
     if not cuda:
         return [None], "CPU plumbing run: the CPU conv (default algorithm) stands in for the CUDA algorithms"
-    if not hasattr(ops, "cuda_conv_algorithms") or not hasattr(ops, "set_cuda_conv_algorithm"):
-        return [None], ("irnet.ops.cuda_conv_algorithms() absent in this build: only the default CUDA conv "
-                        "kernel is timed (as irnet_default)")
     names = list(ops.cuda_conv_algorithms())
     return names, f"CUDA conv algorithms offered by this build: {names} (each timed, forced)"
 
@@ -210,7 +207,7 @@ def bench_conv_layer(torch, F, ops, ref, device, c, hw, batch, algorithms, args)
         if name is not None:
             ops.set_cuda_conv_algorithm(name)
 
-    restore = ops.cuda_conv_algorithm() if algorithms != [None] and hasattr(ops, "cuda_conv_algorithm") else None
+    restore = ops.cuda_conv_algorithm() if algorithms != [None] else None
     try:
         for algo in algorithms:
             key = f"irnet_{algo or 'default'}"
@@ -499,12 +496,12 @@ def evaluate_targets(results, plumbing):
         targets.append(dict(name=CONV_TARGET_NAME,
                             measured=ratios, status=status,
                             why="" if len(ratios) == 2 else "a layer was not timed (not exact, error or out of time)"))
+    timed = [r["ms"] for r in data["train_ops"] if {"fused", "compiled"} <= set(r["ms"])]
+    n_ops = len(timed)
     totals = {}
-    for r in data["train_ops"]:
-        if {"fused", "compiled"} <= set(r["ms"]):
-            for key in ("fused", "compiled"):
-                totals[key] = totals.get(key, 0.0) + r["ms"][key]
-    n_ops = sum(1 for r in data["train_ops"] if {"fused", "compiled"} <= set(r["ms"]))
+    for ms in timed:
+        for key in ("fused", "compiled"):
+            totals[key] = totals.get(key, 0.0) + ms[key]
     if n_ops < 8:
         targets.append(dict(name=TRAIN_OPS_TARGET_NAME,
                             measured=totals and totals["compiled"] / totals["fused"], status="NOT MEASURED",

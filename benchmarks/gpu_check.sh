@@ -184,6 +184,8 @@ import os, sys
 import irnet
 from irnet import ops
 from irnet.ops import registry
+sys.path.append(os.path.join(os.getcwd(), "benchmarks"))
+from gpu_sanitize_cases import REQUIRED_CUDA_OPS
 note = open(os.environ["STEP_NOTE"], "a")
 if not irnet._ext.LOADED:
     note.write(f"irnet._C does not load: {irnet._ext.ERROR}\n"); sys.exit(1)
@@ -192,10 +194,8 @@ if not so.startswith(os.path.realpath(os.getcwd()) + os.sep):
     note.write(f"irnet._C comes from {so}, not from this tree\n"); sys.exit(1)
 cuda = {op: ops.has_compiled_kernel(op, "cuda") for op in registry.SCHEMAS}
 print("CUDA kernels:", cuda)
-required = ["pack_bits", "xnor_conv2d", "xnor_linear", "libra_pb", "libra_pb_backward", "libra_pb_pack", "sign_ede",
-            "sign_ede_backward"]
-missing = [op for op in required if not cuda[op]]
-algos = ops.cuda_conv_algorithms() if hasattr(ops, "cuda_conv_algorithms") else "API absent"
+missing = [op for op in REQUIRED_CUDA_OPS if not cuda[op]]
+algos = ops.cuda_conv_algorithms()
 print("CUDA conv algorithms:", algos)
 note.write(f"{sum(cuda.values())}/{len(cuda)} ops have CUDA kernels"
            + ("" if cuda.get("xnor_conv2d_fused") else " (xnor_conv2d_fused: none)")

@@ -44,13 +44,10 @@ CONV_SHAPES = [
 
 
 def conv_algorithms(ops):
-    """(names to force, a line saying what the build offers).  Without the run-time
-    control (a build before it existed) the default CUDA conv path is the only one."""
-    if not hasattr(ops, "cuda_conv_algorithms") or not hasattr(ops, "set_cuda_conv_algorithm"):
-        return [None], "irnet.ops.cuda_conv_algorithms() absent in this build: only the default CUDA conv path runs"
+    """(names to force, a line saying what the build offers)."""
     names = list(ops.cuda_conv_algorithms())
     forced = [n for n in names if n != "auto"] or [None]
-    current = ops.cuda_conv_algorithm() if hasattr(ops, "cuda_conv_algorithm") else "?"
+    current = ops.cuda_conv_algorithm()
     return forced, f"CUDA conv algorithms offered: {names} (setting now: {current}); each forced in turn: {forced}"
 
 
@@ -119,18 +116,19 @@ def main(argv=None) -> int:
     def randn(*shape, dtype=torch.float32):
         return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
 
-    def same(name, got, expect):
-        got = got.cpu()
-        if got.dtype != expect.dtype or got.shape != expect.shape:
-            return f"{name}: got {got.dtype} {tuple(got.shape)}, expected {expect.dtype} {tuple(expect.shape)}"
-        if not torch.equal(got, expect):
-            bad = (got != expect) & ~(got.isnan() & expect.isnan()) if got.is_floating_point() else got != expect
-            return f"{name}: {int(bad.sum())} of {got.numel()} values differ from irnet.reference"
-        return None
-
     def shaped(name, got, shape, dtype):
         if got.shape != torch.Size(shape) or got.dtype != dtype:
             return f"{name}: got {got.dtype} {tuple(got.shape)}, expected {dtype} {tuple(shape)}"
+        return None
+
+    def same(name, got, expect):
+        got = got.cpu()
+        problem = shaped(name, got, expect.shape, expect.dtype)
+        if problem:
+            return problem
+        if not torch.equal(got, expect):
+            bad = (got != expect) & ~(got.isnan() & expect.isnan()) if got.is_floating_point() else got != expect
+            return f"{name}: {int(bad.sum())} of {got.numel()} values differ from irnet.reference"
         return None
 
     # ---- pack_bits: every float dtype, NCHW and channels_last, 2-d
@@ -144,7 +142,7 @@ def main(argv=None) -> int:
     cases.run("pack_bits float32 (5,130)", lambda: same("bits", ops.pack_bits(dev(x2)), ref.pack_bits(x2)))
 
     # ---- the binary conv, each algorithm forced; the fused conv; packed and float input
-    restore = ops.cuda_conv_algorithm() if algorithms != [None] and hasattr(ops, "cuda_conv_algorithm") else None
+    restore = ops.cuda_conv_algorithm() if algorithms != [None] else None
     for algo in algorithms:
         tag = algo or "default"
         if algo is not None:

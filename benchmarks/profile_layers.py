@@ -43,6 +43,7 @@ import os
 import statistics
 import sys
 import time
+from collections import defaultdict
 
 import torch
 import torch.nn as nn
@@ -192,15 +193,15 @@ def attribute(events) -> list[dict]:
     """Per profiled forward: {"wall_s", "kinds": seconds per kind, "ops": per top-level op
     name, "copies_in": copy seconds per top-level op name that made them} (see the module
     docstring)."""
-    forwards = {}
+    forwards = defaultdict(lambda: {"kinds": {}, "ops": {}, "copies_in": {}})
     for event in events:
         if event.name == ITERATION:
-            forwards.setdefault(event.id, {"kinds": {}, "ops": {}, "copies_in": {}})["wall_s"] = event.time_range.elapsed_us() * 1e-6
+            forwards[event.id]["wall_s"] = event.time_range.elapsed_us() * 1e-6
             continue
         parent = event.cpu_parent
         if parent is None or parent.name != ITERATION:
             continue  # not a top-level op: its time is in its parent's
-        acc = forwards.setdefault(parent.id, {"kinds": {}, "ops": {}, "copies_in": {}})
+        acc = forwards[parent.id]
         total_s = event.time_range.elapsed_us() * 1e-6
         copy_s = _copy_time_us(event) * 1e-6
         kind = COPIES if event.name in COPY_OPS else op_kind(event.name)

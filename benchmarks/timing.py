@@ -6,7 +6,7 @@ import statistics
 import time
 
 
-def _round_robin(fns: dict, repeats: int, warmup: int, before: dict | None, measure):
+def round_robin(fns: dict, repeats: int, warmup: int, before: dict | None, measure):
     """The shared loop: ``warmup`` untimed calls of each method, then ``repeats`` rounds,
     each in a fresh seeded random order, ``before[k]`` untimed right before each sample of
     method k; ``measure(fn)`` runs and times one sample.  Returns {method: [samples]}."""
@@ -25,6 +25,12 @@ def _round_robin(fns: dict, repeats: int, warmup: int, before: dict | None, meas
             before.get(k, nothing)()
             samples[k].append(measure(fns[k]))
     return samples
+
+
+def _medians_minima(fns: dict, repeats: int, warmup: int, before: dict | None, measure):
+    """:func:`round_robin`'s samples reduced to (medians, minima), keyed like ``fns``."""
+    samples = round_robin(fns, repeats, warmup, before, measure)
+    return {k: statistics.median(v) for k, v in samples.items()}, {k: min(v) for k, v in samples.items()}
 
 
 def time_round_robin(fns: dict, repeats: int, warmup: int = 2, before: dict | None = None, burst: int = 1):
@@ -59,8 +65,7 @@ def time_round_robin(fns: dict, repeats: int, warmup: int = 2, before: dict | No
         fn()
         return time.perf_counter() - t0
 
-    samples = _round_robin(fns, repeats, warmup, before, measure)
-    return {k: statistics.median(v) for k, v in samples.items()}, {k: min(v) for k, v in samples.items()}
+    return _medians_minima(fns, repeats, warmup, before, measure)
 
 
 def time_round_robin_device(fns: dict, repeats: int, iters: int, warmup: int = 2, before: dict | None = None,
@@ -91,5 +96,4 @@ def time_round_robin_device(fns: dict, repeats: int, iters: int, warmup: int = 2
 
     if cuda:
         torch.cuda.synchronize()
-    samples = _round_robin(fns, repeats, warmup, before, measure)
-    return {k: statistics.median(v) for k, v in samples.items()}, {k: min(v) for k, v in samples.items()}
+    return _medians_minima(fns, repeats, warmup, before, measure)

@@ -44,9 +44,12 @@ def binary_weight_tensors(packed: nn.Module) -> dict:
 
 def stored_bytes(path: str) -> dict:
     """{stored tensor name: bytes of its data} of a safetensors file."""
+    sizes = {}
     with safetensors.safe_open(path, "pt") as f:
-        return {k: int(np.prod(f.get_slice(k).get_shape(), dtype=np.int64)) * _ITEM[f.get_slice(k).get_dtype()]
-                for k in f.keys()}
+        for k in f.keys():
+            t = f.get_slice(k)
+            sizes[k] = int(np.prod(t.get_shape(), dtype=np.int64)) * _ITEM[t.get_dtype()]
+    return sizes
 
 
 def measure(name: str, folder: str) -> dict:

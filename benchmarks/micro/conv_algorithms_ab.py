@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import sys
 import time
@@ -22,7 +21,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from irnet import ops, reference as ref  # noqa: E402
+from timing import round_robin  # noqa: E402
 
 # (name, C_in, C_out, size, stride)
 LAYERS = {
@@ -92,18 +93,22 @@ def main(argv=None):
         t0 = time.perf_counter()
         fn()
         reps[key] = max(1, min(200, int(target / max(1e-7, time.perf_counter() - t0))))
-    samples = {k: [] for k in calls}
-    order = list(calls)
-    rng = random.Random(0)
-    for _ in range(args.rounds):
-        rng.shuffle(order)
-        for key in order:
-            use(key[3])
-            fn, r = calls[key], reps[key]
-            t0 = clock()
+
+    def burst(fn, r):  # one sample: r calls back to back
+        def run():
             for _ in range(r):
                 fn()
-            samples[key].append((clock() - t0) / r * 1e6)
+        return run
+
+    def measure(run):
+        t0 = clock()
+        run()
+        return clock() - t0
+
+    # no warmup here (done above); the algorithm is set untimed before each sample
+    times = round_robin({key: burst(fn, reps[key]) for key, fn in calls.items()}, args.rounds, 0,
+                        {key: (lambda algo=key[3]: use(algo)) for key in calls}, measure)
+    samples = {key: [t / reps[key] * 1e6 for t in v] for key, v in times.items()}
     use("auto")
     print(f"level {ops.cpu_simd_level()}, {args.threads} threads, {args.clock} clock, {args.rounds} rounds, "
           f"{'channels_last' if args.channels_last else 'NCHW'} output; median us [p25-p75]")
