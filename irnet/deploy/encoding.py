@@ -81,7 +81,7 @@ def _decode_bits(stored: torch.Tensor, dtype: torch.dtype, shape: list, params: 
     if dtype not in _INTEGER_DTYPES or not shape:
         raise EncodingError(f"codec 'bits' applies to integer tensors of rank >= 1, not {dtype} of shape {shape}")
     row_bits = params.get("row_bits")
-    full_bits = shape[-1] * torch.empty((), dtype=dtype).element_size() * 8
+    full_bits = shape[-1] * dtype.itemsize * 8
     if (not isinstance(row_bits, int) or isinstance(row_bits, bool) or not 0 < row_bits <= full_bits
             or full_bits > MAX_EXPANSION * row_bits):
         raise EncodingError(f"codec 'bits': row_bits={row_bits!r} does not fit rows of {full_bits} bits")
@@ -135,16 +135,15 @@ def encode(name: str, t: torch.Tensor):
         return raw, None
     attempt = _encode_bits(t)
     if attempt is not None:
-        stored, params = attempt
-        entry = {"codec": "bits", "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), **params}
+        codec, (stored, params) = "bits", attempt
         candidate = {name: stored}
     else:
         attempt = _encode_sign(t)
         if attempt is None:
             return raw, None
-        stored, params, magnitude = attempt
-        entry = {"codec": "sign", "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), **params}
+        codec, (stored, params, magnitude) = "sign", attempt
         candidate = {name: stored, name + MAGNITUDE_SUFFIX: magnitude}
+    entry = {"codec": codec, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), **params}
     if sum(v.numel() * v.element_size() for v in candidate.values()) >= t.numel() * t.element_size():
         return raw, None
     back = decode(name, entry, candidate)

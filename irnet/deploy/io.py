@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 
 import torch
@@ -228,9 +229,8 @@ def _no_duplicate_keys(pairs):
 
 
 def _parse_header(data: bytes, where: str):
-    """(metadata dict, {name: (torch dtype, shape)}) from a safetensors file's bytes, after
-    checking everything the reader relies on: sizes, JSON, dtypes, and offsets that tile the
-    data section exactly."""
+    """The metadata dict of a safetensors file's bytes, after checking everything the reader
+    relies on: sizes, JSON, dtypes, and offsets that tile the data section exactly."""
     def bad(problem):
         return PackedModelError(f"{where}: {problem}")
 
@@ -248,7 +248,7 @@ def _parse_header(data: bytes, where: str):
     meta = header.pop("__metadata__", {})
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise bad("the header's metadata is not a map of strings: the file is corrupt")
-    specs, spans = {}, []
+    spans = []
     for name, entry in header.items():
         if (not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}
                 or entry["dtype"] not in _DTYPES or not isinstance(entry["shape"], list)
@@ -258,13 +258,9 @@ def _parse_header(data: bytes, where: str):
             raise bad(f"the header entry of tensor {name!r} is malformed ({str(entry)[:120]}): the file is corrupt")
         dtype, shape = _DTYPES[entry["dtype"]], entry["shape"]
         begin, end = entry["data_offsets"]
-        numel = 1
-        for s in shape:
-            numel *= s
-        if not 0 <= begin <= end or end - begin != numel * torch.empty((), dtype=dtype).element_size():
+        if not 0 <= begin <= end or end - begin != math.prod(shape) * dtype.itemsize:
             raise bad(f"tensor {name!r}: offsets {begin}..{end} do not hold a {entry['dtype']} tensor of shape {shape}: "
                       f"the file is corrupt")
-        specs[name] = (dtype, shape)
         spans.append((begin, end, name))
     spans.sort()
     position = 0
@@ -276,7 +272,7 @@ def _parse_header(data: bytes, where: str):
     if position != available:
         what = "truncated" if position > available else "longer than its header says"
         raise bad(f"the header promises {position} bytes of tensor data, the file holds {available}: it is {what}")
-    return meta, specs
+    return meta
 
 
 def _irnet_metadata(meta: dict, where: str) -> tuple[dict, str]:
@@ -314,7 +310,7 @@ def read_metadata(path: str) -> dict:
     """The irnet metadata of a packed model file (format, versions, model, convert options,
     memory format, encodings), checked like :func:`load` checks it, without building the model."""
     data = _read(path)
-    meta, _ = _parse_header(data, path)
+    meta = _parse_header(data, path)
     info, _ = _irnet_metadata(meta, path)
     _check_fields(info, path)
     return info
@@ -342,7 +338,7 @@ def load(path: str, map_location="cpu") -> nn.Module:
     from .. import models
     where = os.fspath(path)
     data = _read(where)
-    meta, specs = _parse_header(data, where)
+    meta = _parse_header(data, where)
     info, digest = _irnet_metadata(meta, where)
     try:
         stored = safetensors.torch.load(data)

@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from ..nn import BinaryLayer
+from ..ops import _conv_out
 from .encoding import constant_magnitude_rows
 from .layers import _pair
 from .runtime import layer_by_layer
@@ -63,10 +64,14 @@ class LayerRow:
         return (self.binary_params + 7) // 8 + 4 * (self.params - self.binary_params)
 
 
+def _own_tensors(module: nn.Module) -> list:
+    """A module's own parameters and buffers (not its children's; None entries are skipped)."""
+    return list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+
+
 def _float_values(module: nn.Module) -> int:
     """Floating values of a module's own parameters and buffers."""
-    tensors = list(module.parameters(recurse=False)) + [b for b in module.buffers(recurse=False) if b is not None]
-    return sum(t.numel() for t in tensors if t.is_floating_point())
+    return sum(t.numel() for t in _own_tensors(module) if t.is_floating_point())
 
 
 def _packed_weight_shape(module: nn.Module):
@@ -112,8 +117,7 @@ def _macs(module: nn.Module, weight_shape, x, out) -> int:
     if stride is not None and dilation is not None and padding is not None and not isinstance(padding, str):
         # positions from the input and the conv's geometry (a layer that also pools has a smaller output)
         (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
-        ho = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        wo = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        ho, wo = _conv_out(x.shape[2], kh, sh, ph, dh), _conv_out(x.shape[3], kw, sw, pw, dw)
     elif isinstance(out, torch.Tensor) and out.dim() == 4:
         ho, wo = out.shape[2], out.shape[3]
     else:
@@ -208,16 +212,16 @@ def summary(model: nn.Module, input_size, *, dtype: torch.dtype = torch.float32,
         device = first.device if first is not None else torch.device("cpu")
     x = torch.randn(tuple(input_size), generator=torch.Generator().manual_seed(0), dtype=dtype).to(device)
 
-    rows, by_module, weight_shapes, handles = [], {}, {}, []
+    rows, by_module, handles = [], {}, []   # by_module: module -> (its row, its weight shape or None)
 
     def hook(module, args, output):
-        row = by_module[module]
+        row, weight_shape = by_module[module]
+        out = _first_tensor(output)
         if row.calls == 0:   # rows in the order the layers first run
-            out = _first_tensor(output)
             row.output_shape = tuple(out.shape) if out is not None else ()
             rows.append(row)
         row.calls += 1
-        macs = _macs(module, weight_shapes[module], _first_tensor(args), _first_tensor(output))
+        macs = _macs(module, weight_shape, _first_tensor(args), out)
         if row.kind == "1w1a":
             row.binary_macs += macs
         else:
@@ -225,12 +229,10 @@ def summary(model: nn.Module, input_size, *, dtype: torch.dtype = torch.float32,
 
     for name, module in model.named_modules():   # (named_modules lists a shared module once)
         has_children = next(module.children(), None) is not None
-        own = list(module.parameters(recurse=False)) + [b for b in module.buffers(recurse=False) if b is not None]
-        if has_children and not own:   # a container: its layers have their own rows
+        if has_children and not _own_tensors(module):   # a container: its layers have their own rows
             continue
         kind, weight_shape, params, binary = _classify(module)
-        by_module[module] = LayerRow(name, type(module).__name__, kind, None, params, binary)
-        weight_shapes[module] = weight_shape
+        by_module[module] = LayerRow(name, type(module).__name__, kind, None, params, binary), weight_shape
         handles.append(module.register_forward_hook(hook))
 
     modes = {m: m.training for m in model.modules()}
@@ -243,6 +245,6 @@ def summary(model: nn.Module, input_size, *, dtype: torch.dtype = torch.float32,
             h.remove()
         for m, training in modes.items():
             m.training = training
-    not_run = [r for r in by_module.values() if r.calls == 0 and r.params]
+    not_run = [r for r, _ in by_module.values() if r.calls == 0 and r.params]
     name = getattr(model, "irnet_name", None) or type(model).__name__
     return ModelSummary(name, tuple(input_size), rows + not_run)
