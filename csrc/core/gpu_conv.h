@@ -15,6 +15,7 @@
 
 #include <cstdint>
 
+#include "core/bitpack.h"
 #include "core/common.h"
 #include "core/conv_epilogue.h"
 #include "core/conv_geometry.h"
@@ -31,6 +32,30 @@ struct GpuConvShape {
   int channels;      // C
   uint64_t tail;     // valid bits of each tap's last word
 };
+
+// The shape of a conv of x (N, C, H, W) with O filters kh x kw, stride (sh, sw), padding
+// (ph, pw), dilation (dh, dw); a linear layer passes H = W = kh = kw = 1, stride and
+// dilation 1, padding 0.  The caller has checked that the output is not empty and that
+// the int fields fit (csrc/cuda/xnor.cu).
+IRNET_HD inline GpuConvShape make_gpu_conv_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t kh,
+                                                 int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                                 int64_t dh, int64_t dw) {
+  GpuConvShape g{};
+  g.N = N, g.H = H, g.W = W, g.O = O;
+  g.Ho = conv_out_size(H, kh, sh, ph, dh);
+  g.Wo = conv_out_size(W, kw, sw, pw, dw);
+  g.npix = N * g.Ho * g.Wo;
+  g.kh = static_cast<int>(kh), g.kw = static_cast<int>(kw);
+  g.sh = static_cast<int>(sh), g.sw = static_cast<int>(sw);
+  g.ph = static_cast<int>(ph), g.pw = static_cast<int>(pw);
+  g.dh = static_cast<int>(dh), g.dw = static_cast<int>(dw);
+  const int64_t words = num_words(C);
+  g.words = static_cast<int>(words);
+  g.K = static_cast<int>(kh * kw * words);
+  g.channels = static_cast<int>(C);
+  g.tail = tail_mask(C);
+  return g;
+}
 
 struct PixelPos {
   int64_t n, ho, wo;

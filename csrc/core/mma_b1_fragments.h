@@ -78,9 +78,7 @@ IRNET_HD constexpr int a_reg_k32(int lane, int r) { return a_col(lane, 32 * r) /
 // Register r of B holds the bits k = 32*b_reg_k32(lane, r) + 0..31 of column b_reg_col.
 IRNET_HD constexpr int b_reg_col(int lane, int r) { return b_col(lane, 32 * r); }
 IRNET_HD constexpr int b_reg_k32(int lane, int r) { return b_row(lane, 32 * r) / 32; }
-// Register r of C / D is element (c_reg_row, c_reg_col) of the 16x8 tile.
-IRNET_HD constexpr int c_reg_row(int lane, int r) { return c_row(lane, r); }
-IRNET_HD constexpr int c_reg_col(int lane, int r) { return c_col(lane, r); }
+// Register r of C / D is element r of the element level: (c_row(lane, r), c_col(lane, r)).
 
 }  // namespace mma_b1
 }  // namespace core

@@ -130,11 +130,16 @@ IRNET_HD IRNET_INLINE uint64_t prepared_weight_word(const GpuConvShape& g, const
   return w[o * g.K + k] & word_mask(g, k % g.words);
 }
 
+// popc of the C valid bits of one tap's g.words words (an input pixel or a weight tap).
+IRNET_HD IRNET_INLINE int32_t tap_popcount(const GpuConvShape& g, const uint64_t* tap) {
+  int32_t s = 0;
+  for (int j = 0; j < g.words; ++j) s += popcount64(tap[j] & word_mask(g, j));
+  return s;
+}
+
 // popc of the C valid bits of input pixel `pix` (= (n*H + h)*W + w).
 IRNET_HD IRNET_INLINE int32_t pixel_popcount(const GpuConvShape& g, const uint64_t* x, int64_t pix) {
-  int32_t s = 0;
-  for (int j = 0; j < g.words; ++j) s += popcount64(x[pix * g.words + j] & word_mask(g, j));
-  return s;
+  return tap_popcount(g, x + pix * g.words);
 }
 
 // out[r*(kw+1) + s] = sum over taps r' < r, s' < s of popc(w[o, r', s', :] & mask)
@@ -146,8 +151,7 @@ IRNET_HD inline void weight_tap_prefix(const GpuConvShape& g, const uint64_t* w,
     int32_t run = 0;
     out[(r + 1) * kw1] = 0;
     for (int s = 0; s < g.kw; ++s) {
-      const uint64_t* tap = w + o * g.K + (static_cast<int64_t>(r) * g.kw + s) * g.words;
-      for (int j = 0; j < g.words; ++j) run += popcount64(tap[j] & word_mask(g, j));
+      run += tap_popcount(g, w + o * g.K + (static_cast<int64_t>(r) * g.kw + s) * g.words);
       out[(r + 1) * kw1 + s + 1] = out[r * kw1 + s + 1] + run;
     }
   }
@@ -197,11 +201,11 @@ struct RowCursor {
   int r, s, j, k;
 };
 
-IRNET_HD IRNET_INLINE RowCursor row_cursor(const GpuConvShape& g, int64_t p) {
+// The cursor at word 0 of the row of pixel p, at position q = pixel_position(g, p).
+IRNET_HD IRNET_INLINE RowCursor row_cursor(const GpuConvShape& g, int64_t p, const PixelPos& q) {
   RowCursor c{};
   c.valid = p < g.npix;
   if (c.valid) {
-    const PixelPos q = pixel_position(g, p);
     c.xbase = q.n * g.H * g.W * g.words;
     c.h0 = q.ho * g.sh - g.ph;
     c.w0 = q.wo * g.sw - g.pw;
@@ -268,25 +272,27 @@ IRNET_KERNEL_BODY void conv_block(Exec& ex, Shared& sh, const Params& P, int64_t
   const int wm = warp % kWarpsM, wn = warp / kWarpsM;
   const int nstages = k_stages(g), nsteps = k_steps(g);
 
-  RowCursor cur = row_cursor(g, m0 + tid);
+  // Row tid's pixel (p >= npix: no pixel; q is then unused).
+  const int64_t p = m0 + tid;
+  const PixelPos q = pixel_position(g, p);
+  RowCursor cur = row_cursor(g, p, q);
   load_stage(ex, sh, P, cur, n0, 0, tid);
   ex.cp_async_commit();
 
   // Per-pixel terms of row tid, while stage 0 is in flight (read by other threads in the
   // epilogue: the barriers of the main loop order these writes before those reads).
   {
-    const int64_t p = m0 + tid;
     int32_t base = 0;
     TapRect rect{0, 0, 0, 0};
     int64_t out = 0;
-    if (p < g.npix) {
-      const PixelPos q = pixel_position(g, p);
+    if (cur.valid) {
       rect = tap_rect(g, q);
       int32_t xpop = 0;
       for (int r = rect.r0; r < rect.r1; ++r) {
-        const int64_t hrow = (q.n * g.H + q.ho * g.sh - g.ph + static_cast<int64_t>(r) * g.dh) * g.W;
+        // cur.h0 = ho*sh - ph and cur.w0 = wo*sw - pw (row_cursor; load_stage moves only r, s, j, k)
+        const int64_t hrow = (q.n * g.H + cur.h0 + static_cast<int64_t>(r) * g.dh) * g.W;
         for (int s = rect.s0; s < rect.s1; ++s)
-          xpop += ex.ldg(P.pixpop + hrow + q.wo * g.sw - g.pw + static_cast<int64_t>(s) * g.dw);
+          xpop += ex.ldg(P.pixpop + hrow + cur.w0 + static_cast<int64_t>(s) * g.dw);
       }
       // |ninf*C - 2*xpop| <= ninf*C < 2^31, but 2*xpop alone may not fit in int32
       base = static_cast<int32_t>(static_cast<int64_t>(rect.r1 - rect.r0) * (rect.s1 - rect.s0) * g.channels -
@@ -333,21 +339,21 @@ IRNET_KERNEL_BODY void conv_block(Exec& ex, Shared& sh, const Params& P, int64_t
     ex.sync();  // the buffer of `stage` is free for stage + 2
   }
 
-  // Epilogue: C register r of tile (mi, ni) is pixel row / channel column (c_reg_row, c_reg_col).
+  // Epilogue: C register r of tile (mi, ni) is pixel row / channel column (c_row, c_col).
   const int kw1 = g.kw + 1;
   const int64_t ostride = output_channel_stride<kChannelsLast>(g);
   IRNET_UNROLL
   for (int mi = 0; mi < kMTiles; ++mi) {
     IRNET_UNROLL
     for (int r = 0; r < F::kCRegs; ++r) {
-      const int row = wm * kWarpM + mi * F::kM + F::c_reg_row(lane, r);
+      const int row = wm * kWarpM + mi * F::kM + F::c_row(lane, r);
       if (m0 + row >= g.npix) continue;
       const int64_t base = sh.pix_base[row];
       const int64_t out0 = sh.pix_out[row];
       const int r0 = sh.pix_r0[row], r1 = sh.pix_r1[row], s0 = sh.pix_s0[row], s1 = sh.pix_s1[row];
       IRNET_UNROLL
       for (int ni = 0; ni < kNTiles; ++ni) {
-        const int64_t o = n0 + wn * kWarpN + ni * F::kN + F::c_reg_col(lane, r);
+        const int64_t o = n0 + wn * kWarpN + ni * F::kN + F::c_col(lane, r);
         if (o >= g.O) continue;
         const int32_t wpop = rect_sum(P.wprefix + o * prefix_size(g), kw1, r0, r1, s0, s1);
         const int64_t dot = base - 2 * static_cast<int64_t>(wpop) + 4 * static_cast<int64_t>(acc[mi][ni][r]);

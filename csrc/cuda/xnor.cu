@@ -16,12 +16,14 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <iterator>
 #include <string>
 #include <vector>
 
 #include "common.cuh"
 #include "core/xnor_mma_conv.h"
 #include "core/xnor_popc_conv.h"
+#include "cpu/xnor_cpu.h"
 #include "device_exec.cuh"
 #include "xnor_conv.cuh"
 
@@ -65,8 +67,8 @@ const char* const kAlgoNames[] = {"auto", "popc", "mma"};
 constexpr int kAlgoAuto = 0, kAlgoPopc = 1, kAlgoMma = 2;
 
 int algo_index(const std::string& name) {
-  for (int i = 0; i < 3; ++i)
-    if (name == kAlgoNames[i]) return i;
+  for (size_t i = 0; i < std::size(kAlgoNames); ++i)
+    if (name == kAlgoNames[i]) return static_cast<int>(i);
   return -1;
 }
 
@@ -86,7 +88,9 @@ std::atomic<int>& algo_slot() {
 const bool kAlgoChosen = (algo_slot(), true);  // decide (and warn) when the library loads
 
 std::string cuda_conv_algorithm() { return kAlgoNames[algo_slot().load(std::memory_order_relaxed)]; }
-std::vector<std::string> cuda_conv_algorithms() { return {"auto", "popc", "mma"}; }
+std::vector<std::string> cuda_conv_algorithms() {
+  return std::vector<std::string>(std::begin(kAlgoNames), std::end(kAlgoNames));
+}
 void set_cuda_conv_algorithm(const std::string& name) {
   const int i = algo_index(name);
   TORCH_CHECK(i >= 0, "irnet::set_cuda_conv_algorithm: expected one of auto, popc, mma, got '", name, "'");
@@ -136,13 +140,8 @@ void check_packed_pair(const char* op, const at::Tensor& x_bits, const char* x_d
   check_dim(op, w_desc, w_bits, dim);
 }
 
-// The folded-layer arguments of xnor_conv2d_fused.
-struct FusedArgs {
-  const at::Tensor& alpha;
-  const at::Tensor& beta;
-  const std::optional<at::Tensor>& residual;
-  double lo, hi;
-};
+// The folded-layer arguments of xnor_conv2d_fused: the CPU driver's struct (a torch-only header).
+using irnet::cpu::FusedArgs;
 
 // Runs the chosen kernel on checked, contiguous operands.
 void run_conv(ConvCall& c, const at::Tensor& xb, const at::Tensor& wb) {
@@ -150,7 +149,7 @@ void run_conv(ConvCall& c, const at::Tensor& xb, const at::Tensor& wb) {
   c.w = reinterpret_cast<const uint64_t*>(wb.const_data_ptr<int64_t>());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (use_mma(c.g, xb)) {
-    launch_mma_conv(c, xb, reinterpret_cast<uintptr_t>(c.x) % 16 == 0, stream);
+    launch_mma_conv(c, xb, stream);
   } else {
     launch_popc_conv(c, stream);
   }
@@ -235,17 +234,8 @@ at::Tensor conv2d_cuda(const char* op, const at::Tensor& x_bits, const at::Tenso
   if (y.numel() == 0) return y;
   const at::Tensor xb = x_bits.contiguous();
   const at::Tensor wb = w_bits.contiguous();
-  GpuConvShape& g = c.g;
-  g.N = N, g.H = H, g.W = W, g.Ho = Ho, g.Wo = Wo, g.O = O;
-  g.npix = N * Ho * Wo;
-  g.kh = static_cast<int>(kh), g.kw = static_cast<int>(kw);
-  g.sh = static_cast<int>(stride[0]), g.sw = static_cast<int>(stride[1]);
-  g.ph = static_cast<int>(padding[0]), g.pw = static_cast<int>(padding[1]);
-  g.dh = static_cast<int>(dilation[0]), g.dw = static_cast<int>(dilation[1]);
-  g.words = static_cast<int>(words);
-  g.K = static_cast<int>(kh * kw * words);
-  g.channels = static_cast<int>(in_channels);
-  g.tail = irnet::core::tail_mask(in_channels);
+  c.g = irnet::core::make_gpu_conv_shape(N, in_channels, H, W, O, kh, kw, stride[0], stride[1], padding[0],
+                                         padding[1], dilation[0], dilation[1]);  // its Ho, Wo: those above
   c.out.y = y.mutable_data_ptr<float>();
   c.out.scale = scale32.has_value() ? scale32->const_data_ptr<float>() : nullptr;
   c.fused = fused != nullptr;
@@ -293,14 +283,7 @@ at::Tensor xnor_linear_cuda(const at::Tensor& x_bits, const at::Tensor& w_bits, 
   const at::Tensor wb = w_bits.contiguous();
   // (N, words) = (N, 1, 1, words); (O, words) = (O, 1, 1, words); y (N, O) = (N, O, 1, 1).
   ConvCall c{};
-  GpuConvShape& g = c.g;
-  g.N = N, g.H = 1, g.W = 1, g.Ho = 1, g.Wo = 1, g.O = O;
-  g.npix = N;
-  g.kh = 1, g.kw = 1, g.sh = 1, g.sw = 1, g.ph = 0, g.pw = 0, g.dh = 1, g.dw = 1;
-  g.words = static_cast<int>(words);
-  g.K = static_cast<int>(words);
-  g.channels = static_cast<int>(in_features);
-  g.tail = irnet::core::tail_mask(in_features);
+  c.g = irnet::core::make_gpu_conv_shape(N, in_features, 1, 1, O, 1, 1, 1, 1, 0, 0, 1, 1);
   c.out.y = y.mutable_data_ptr<float>();
   c.out.scale = scale32.has_value() ? scale32->const_data_ptr<float>() : nullptr;
   run_conv(c, xb, wb);

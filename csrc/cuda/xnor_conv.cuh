@@ -38,7 +38,7 @@ void with_epilogue(bool fused, bool channels_last, F&& f) {
 }
 
 // The tensor-core path (xnor_mma.cu): its prep pass and the conv kernel on `stream`.
-// `like` gives the device for the scratch tensors; x_aligned16: x is 16-byte aligned.
-void launch_mma_conv(const ConvCall& c, const at::Tensor& like, bool x_aligned16, cudaStream_t stream);
+// `like` gives the device for the scratch tensors.
+void launch_mma_conv(const ConvCall& c, const at::Tensor& like, cudaStream_t stream);
 
 }  // namespace irnet_cuda

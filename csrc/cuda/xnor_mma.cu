@@ -55,7 +55,7 @@ xnor_mma_prep_kernel(const GpuConvShape g, const uint64_t* __restrict__ x, const
 
 }  // namespace
 
-void launch_mma_conv(const ConvCall& c, const at::Tensor& like, bool x_aligned16, cudaStream_t stream) {
+void launch_mma_conv(const ConvCall& c, const at::Tensor& like, cudaStream_t stream) {
   const GpuConvShape& g = c.g;
   const int64_t gm = mc::grid_m(g), gn = mc::grid_n(g);
   TORCH_CHECK(gm <= std::numeric_limits<int32_t>::max() && gn <= 65535, "irnet::xnor_conv2d (tensor cores): ",
@@ -77,7 +77,7 @@ void launch_mma_conv(const ConvCall& c, const at::Tensor& like, bool x_aligned16
   p.pixpop = pixpop.const_data_ptr<int32_t>();
   p.out = c.out;
   p.kp = kp;
-  p.x_pairs = g.words % 2 == 0 && x_aligned16;
+  p.x_pairs = g.words % 2 == 0 && reinterpret_cast<uintptr_t>(c.x) % 16 == 0;  // 16-byte copies of A
 
   xnor_mma_prep_kernel<<<grid_for(wq_words + g.O + in_pixels, kPrepThreads), kPrepThreads, 0, stream>>>(
       g, c.x, c.w, reinterpret_cast<uint64_t*>(wq.mutable_data_ptr<int64_t>()), kp, wq_words,

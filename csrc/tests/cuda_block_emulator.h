@@ -111,7 +111,6 @@ class BlockScheduler {
   BlockScheduler& operator=(const BlockScheduler&) = delete;
 
   void set_order(Order order) { order_ = order; }
-  Order order() const { return order_; }
   int threads() const { return threads_; }
   std::mt19937_64& rng() { return rng_; }
 

@@ -227,6 +227,15 @@ static void test_lut() {
   }
 }
 
+// The values of a (N, C, M) in NCHW order, laid out (N, M, C): channels_last order.
+static std::vector<float> nchw_to_nhwc(const std::vector<float>& a, int64_t N, int64_t C, int64_t M) {
+  std::vector<float> out(a.size());
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t ch = 0; ch < C; ++ch)
+      for (int64_t m = 0; m < M; ++m) out[(n * M + m) * C + ch] = a[(n * C + ch) * M + m];
+  return out;
+}
+
 // The AVX-512 planes kernel (cpu/xnor_planes.h) against the naive conv: every conv case
 // and cases aimed at it (each lane width and group count, dots past the 8- and 16-bit
 // lanes' chunk limits, all-matching dots at those limits, images narrower than a vector,
@@ -293,11 +302,7 @@ static void test_planes() {
     std::vector<float> residual(want.size());
     for (auto& v : residual) v = rand_value();
     // the same floats in channels_last order (N, H, W, C)
-    std::vector<float> xf_cl(xf.size());
-    for (int64_t n = 0; n < c.N; ++n)
-      for (int64_t ch = 0; ch < c.C; ++ch)
-        for (int64_t m = 0; m < c.H * c.W; ++m)
-          xf_cl[(n * c.H * c.W + m) * c.C + ch] = xf[(n * c.C + ch) * c.H * c.W + m];
+    const std::vector<float> xf_cl = nchw_to_nhwc(xf, c.N, c.C, c.H * c.W);
     // the packed input with stray bits past C (the kernel must read only the C channels)
     std::vector<uint64_t> x_junk(x);
     for (size_t i = P.words - 1; i < x_junk.size(); i += P.words) x_junk[i] |= ~core::tail_mask(c.C) & rng();
@@ -320,11 +325,7 @@ static void test_planes() {
       P.residual = fused && mode < 6 ? residual.data() : nullptr;  // (NCHW order: residual values per (n, o, m))
       std::vector<float> res_cl;
       if (P.residual && cl) {  // the same residual values, laid out like the channels_last output
-        res_cl.resize(residual.size());
-        for (int64_t n = 0; n < P.N; ++n)
-          for (int64_t o = 0; o < c.O; ++o)
-            for (int64_t m = 0; m < P.Ho * P.Wo; ++m)
-              res_cl[(n * P.Ho * P.Wo + m) * c.O + o] = residual[(n * c.O + o) * P.Ho * P.Wo + m];
+        res_cl = nchw_to_nhwc(residual, P.N, c.O, P.Ho * P.Wo);
         P.residual = res_cl.data();
       }
       P.lo = -1.5f, P.hi = 2.0f;

@@ -416,24 +416,14 @@ void test_backward(int64_t O, int64_t n) {
   ++g_checks;
 }
 
-// Runs one test and prints its outcome on a line of its own.
-template <class Test>
-void run(const std::string& name, Test test) {
-  const int before = g_failures;
-  test();
-  const int failed = g_failures - before;
-  std::printf("%s %s%s\n", failed ? "FAIL" : "ok  ", name.c_str(),
-              failed ? (" (" + std::to_string(failed) + " failed checks)").c_str() : "");
-}
-
 template <typename X>
 void test_all_for_type() {
   const std::string t = type_name<X>();
-  run("random weights, n = 1 .. 2305, and the pack path: " + t, test_random_lengths<X>);
-  run("defect 2: NaN / Inf weights and (O, 0) weights: " + t, test_nonfinite_and_empty<X>);
-  run("defect 3: constant channels are degenerate: " + t, test_constant_channels<X>);
-  run("n = 2 (log2 mean|v| = -1/2, a tie): " + t, test_ties<X>);
-  run("backward kernel against the closed form: " + t, [] {
+  section(("random weights, n = 1 .. 2305, and the pack path: " + t).c_str(), test_random_lengths<X>);
+  section(("defect 2: NaN / Inf weights and (O, 0) weights: " + t).c_str(), test_nonfinite_and_empty<X>);
+  section(("defect 3: constant channels are degenerate: " + t).c_str(), test_constant_channels<X>);
+  section(("n = 2 (log2 mean|v| = -1/2, a tie): " + t).c_str(), test_ties<X>);
+  section(("backward kernel against the closed form: " + t).c_str(), [] {
     test_backward<X>(5, 300);  // 5 blocks: every schedule order
     test_backward<X>(2, 1);
   });
@@ -447,21 +437,21 @@ int main() {
   cuda_host_emulation::schedule_seed = seed ^ 0x9e3779b97f4a7c15ull;
   std::printf("test_libra_pb_emulation: seed %" PRIu64 " (IRNET_TEST_SEED=%" PRIu64 " replays it)\n", seed, seed);
 
-  run("emulator: a missing __syncthreads shows in every schedule order", test_emulator_catches_a_missing_barrier);
-  run("pow2_round: ties, subnormals, NaN / Inf / negative give NaN", test_pow2_values);
-  run("pow2_round == glibc log2 + nearbyint near every float32 threshold", [] {
+  section("emulator: a missing __syncthreads shows in every schedule order", test_emulator_catches_a_missing_barrier);
+  section("pow2_round: ties, subnormals, NaN / Inf / negative give NaN", test_pow2_values);
+  section("pow2_round == glibc log2 + nearbyint near every float32 threshold", [] {
     test_pow2_near_thresholds<float>(-149, 127, 1, 200);
   });
-  run("pow2_round == glibc log2 + nearbyint near float64 thresholds", [] {
+  section("pow2_round == glibc log2 + nearbyint near float64 thresholds", [] {
     test_pow2_near_thresholds<double>(-1074, 1023, 7, 600);
   });
   test_all_for_type<float>();
   test_all_for_type<double>();
   test_all_for_type<Half>();
   test_all_for_type<BFloat16>();
-  run("defect 1: float16 scales", test_reduced_precision_scales<Half>);
-  run("defect 1: bfloat16 scales", test_reduced_precision_scales<BFloat16>);
-  run("defect 4: float32 [1, 1, 1 + 2^-23], mean rounded before subtraction", test_mean_rounded_before_subtraction);
+  section("defect 1: float16 scales", test_reduced_precision_scales<Half>);
+  section("defect 1: bfloat16 scales", test_reduced_precision_scales<BFloat16>);
+  section("defect 4: float32 [1, 1, 1 + 2^-23], mean rounded before subtraction", test_mean_rounded_before_subtraction);
 
   std::printf("test_libra_pb_emulation: %d checks, %d failures (seed %" PRIu64 ")\n", g_checks, g_failures, seed);
   return g_failures == 0 ? 0 : 1;
