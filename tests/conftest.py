@@ -1,5 +1,6 @@
 import os
 import pathlib
+import sys
 
 import pytest
 import torch
@@ -7,6 +8,14 @@ import torch
 import irnet  # noqa: F401  (registers the ops)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))  # the tests import the benchmark scripts' modules (timing, bench_cuda_conv, ...)
+
+
+def cli_env():
+    """The environment of a test's `python -m irnet...` subprocess: this checkout's irnet
+    first on PYTHONPATH, one OpenMP thread."""
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
 
 
 def shared_data_dir():

@@ -1,18 +1,15 @@
 """The whole-network benchmark's helpers (benchmarks/bench_cpu_model.py, profile_layers.py):
-the float twin, the check that refuses to time a broken packed model, the ratios against
-the targets, and the profile's attribution of op time.  A few seconds in all."""
-import os
-import sys
+the check that refuses to time a broken packed model, the ratios against the targets, and
+the profile's attribution of op time.  A few seconds in all."""
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
-import bench_cpu_model as bench  # noqa: E402
-import profile_layers  # noqa: E402
+from irnet import deploy
 
-from irnet import deploy  # noqa: E402
+import bench_cpu_model as bench
+import profile_layers
 
 
 @pytest.fixture(scope="module")

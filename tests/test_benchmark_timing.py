@@ -1,11 +1,7 @@
-"""The benchmarks' shared timing helper (benchmarks/timing.py)."""
-import os
-import sys
+"""The benchmarks' shared timing helpers (benchmarks/timing.py)."""
+import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
-import time  # noqa: E402
-
-from timing import time_round_robin  # noqa: E402
+from timing import time_round_robin, time_round_robin_device
 
 
 def test_round_robin_varies_each_methods_predecessor():
@@ -41,3 +37,11 @@ def test_bursts_time_calls_after_the_first():
     assert len(calls) == 12 and med["a"] < 0.01 and mn["a"] < 0.01
     med1, _ = time_round_robin({"a": lambda: time.sleep(0.002)}, repeats=3, warmup=0, burst=1)
     assert med1["a"] >= 0.002
+
+
+def test_time_round_robin_device_counts_calls_per_sample():
+    calls = {"a": 0, "b": 0}
+    fns = {k: (lambda k=k: calls.__setitem__(k, calls[k] + 1)) for k in calls}
+    medians, minima = time_round_robin_device(fns, repeats=3, iters=4, warmup=2, device="cpu")
+    assert calls == {"a": 2 + 3 * 4, "b": 2 + 3 * 4}
+    assert set(medians) == {"a", "b"} and all(0 <= minima[k] <= medians[k] for k in calls)

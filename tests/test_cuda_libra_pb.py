@@ -12,14 +12,13 @@ run (their kernels ran on the host only, in the ctest test_libra_pb_emulation).
 """
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
 import irnet
 from irnet import nn as inn
 from irnet import ops
+from test_training_ops_cpu import ALL_FLOATS, _random_weight, _seeded
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CUDA kernels cannot run here"),
@@ -31,23 +30,8 @@ pytestmark = [
 
 OPS = torch.ops.irnet
 DEV = "cuda"
-ALL_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
          torch.bfloat16: torch.int16}
-
-
-def _seeded():
-    seed = random.SystemRandom().randrange(2**31)
-    random.seed(seed)
-    torch.manual_seed(seed)
-    return seed
-
-
-def _random_weight(shape, dtype):
-    """randn weights with a random spread and offset, as trained weights are."""
-    spread = 10 ** random.uniform(-3, 0)
-    offset = random.uniform(-1, 1) * spread
-    return (torch.randn(shape, dtype=torch.float64) * spread + offset).to(dtype)
 
 
 def _kt(dtype, device):

@@ -88,11 +88,6 @@ def _require_arch(arch):
                     f"TORCH_CUDA_ARCH_LIST='8.0;9.0+PTX'")
 
 
-def _irnet_kernels(names):
-    # every irnet kernel lives in namespace irnet_cuda (mangled: ...10irnet_cuda...)
-    return [n for n in names if "irnet_cuda" in n]
-
-
 @needs_cuda_build
 @needs_cuobjdump
 @pytest.mark.parametrize("arch", ARCHS)
@@ -166,7 +161,8 @@ def _max_threads() -> dict:
 @needs_cuobjdump
 def test_no_local_memory_no_stack_registers_within_launch_bounds():
     usage = _res_usage()
-    kernels = {k: v for k, v in usage.items() if _irnet_kernels([k[1]])}
+    # every irnet kernel lives in namespace irnet_cuda (mangled: ...10irnet_cuda...)
+    kernels = {k: v for k, v in usage.items() if "irnet_cuda" in k[1]}
     archs = {a for a, _ in kernels}
     assert archs & set(ARCHS), f"no irnet kernels for {ARCHS} in the binary's resource report ({sorted(archs)})"
     bounds = _max_threads()

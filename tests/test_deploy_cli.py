@@ -2,7 +2,6 @@
 summarised and checked; clear errors for missing and corrupt checkpoints."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -13,13 +12,12 @@ import irnet
 from irnet import checkpoint
 from irnet.deploy import cli
 
-from conftest import ROOT
+from conftest import ROOT, cli_env
 
 
 def run_module(module, args, timeout=300):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=cli_env(), capture_output=True,
+                          text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

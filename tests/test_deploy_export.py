@@ -3,7 +3,6 @@ in a fresh one that only imports irnet) and TorchScript tracing (inside layer_by
 each giving the eager packed model's logits bit for bit."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 import irnet
-from conftest import ROOT
+from conftest import cli_env
 from test_deploy_io import inputs, trained_like
 
 
@@ -53,9 +52,8 @@ def test_exported_program_loads_in_a_fresh_process_after_import_irnet(models, tm
               "m = torch.export.load(sys.argv[1]).module()\n"
               "assert torch.equal(m(d['x']), d['logits']), 'logits differ'\n"
               "print('same logits')\n")
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "m.pt2"), str(tmp_path / "io.pt")], cwd=tmp_path,
-                       env=env, capture_output=True, text=True, timeout=300)
+                       env=cli_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "same logits" in r.stdout, r.stderr[-2000:]
 
 

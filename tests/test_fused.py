@@ -38,7 +38,7 @@ def fused_args(o, shape, act, residual_kind):
 
 @needs_kernels
 @pytest.mark.parametrize("case", CONV_CASES, ids=[case_id(c) for c in CONV_CASES])
-def test_fused_conv_matches_reference(level, case):
+def test_fused_conv_matches_reference(level, case):  # noqa: F811 (level: the imported fixture)
     n, c, h, w, o, k, s, p, d = case
     xb, wb = ref.pack_bits(rand_pm(n, c, h, w)), ref.pack_bits(rand_pm(o, c, *k))
     shape = (n, o, out_size(h, k[0], s[0], p[0], d[0]), out_size(w, k[1], s[1], p[1], d[1]))
@@ -59,7 +59,7 @@ def test_fused_conv_matches_reference(level, case):
 
 @needs_kernels
 @pytest.mark.parametrize("case", CONV_CASES[1::3], ids=[case_id(c) for c in CONV_CASES[1::3]])
-def test_fused_float_input_equals_packed(level, case):
+def test_fused_float_input_equals_packed(level, case):  # noqa: F811 (level: the imported fixture)
     """x_bits given as the float activations (NCHW or channels_last): the same bits as the
     packed input, residual and epilogue included."""
     n, c, h, w, o, k, s, p, d = case

@@ -14,20 +14,13 @@ import shutil
 import subprocess
 import sys
 
-import pathlib
-
 import pytest
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks"
-sys.path.insert(0, str(BENCH))
+import irnet
 
-def irnet_extension_loaded() -> bool:
-    import irnet
-
-    return irnet._ext.LOADED
-
+import bench_cuda_conv
+from conftest import BENCH, ROOT
 
 needs_bash = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
                                 reason="gpu_check.sh needs bash and coreutils' timeout")
@@ -121,16 +114,12 @@ def test_sanitize_cases_on_cpu_pass_and_catch_a_wrong_result(capsys, monkeypatch
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
 def test_bench_cuda_conv_without_a_gpu_measures_nothing(tmp_path, capsys):
-    import bench_cuda_conv
-
     assert bench_cuda_conv.main(["--json", str(tmp_path / "r.json")]) == 2
     assert "Nothing was measured" in capsys.readouterr().out
     assert not (tmp_path / "r.json").exists()
 
 
 def test_bench_cuda_conv_plumbing_run_is_labelled_and_checked(tmp_path, capsys):
-    import bench_cuda_conv
-
     path = tmp_path / "plumbing.json"
     rc = bench_cuda_conv.main(["--plumbing-cpu", "--no-compile", "--sections", "conv", "train_ops", "--calls", "2",
                                "--repeats", "2", "--rotate", "2", "--json", str(path), "--png", ""])
@@ -146,8 +135,6 @@ def test_bench_cuda_conv_plumbing_run_is_labelled_and_checked(tmp_path, capsys):
 
 
 def test_bench_cuda_conv_reports_a_path_that_is_not_exact(tmp_path, capsys, monkeypatch):
-    import bench_cuda_conv
-
     namespace = torch.ops.irnet
     real = namespace.xnor_conv2d
 
@@ -165,19 +152,7 @@ def test_bench_cuda_conv_reports_a_path_that_is_not_exact(tmp_path, capsys, monk
     assert "NOT bit-exact" in capsys.readouterr().out
 
 
-def test_time_round_robin_device_counts_calls_per_sample():
-    from timing import time_round_robin_device
-
-    calls = {"a": 0, "b": 0}
-    fns = {k: (lambda k=k: calls.__setitem__(k, calls[k] + 1)) for k in calls}
-    medians, minima = time_round_robin_device(fns, repeats=3, iters=4, warmup=2, device="cpu")
-    assert calls == {"a": 2 + 3 * 4, "b": 2 + 3 * 4}
-    assert set(medians) == {"a", "b"} and all(0 <= minima[k] <= medians[k] for k in calls)
-
-
 def test_bench_cuda_conv_reports_a_wrong_training_op(tmp_path, capsys, monkeypatch):
-    import bench_cuda_conv
-
     from irnet import ops
 
     real = ops.sign_ede
@@ -198,7 +173,6 @@ def test_bench_conv_layer_times_every_algorithm_and_restores_the_setting():
     import argparse
     import types
 
-    import bench_cuda_conv
     import torch.nn.functional as F
 
     from irnet import ops
@@ -218,8 +192,6 @@ def test_bench_conv_layer_times_every_algorithm_and_restores_the_setting():
 
 
 def test_bench_targets_pass_fail_and_not_measured():
-    import bench_cuda_conv
-
     def conv_row(c, hw, fp16, mma):
         return dict(channels=c, hw=hw, batch=256, ms={"cudnn_fp16": fp16, "irnet_mma": mma}, exact={})
 
@@ -243,7 +215,7 @@ def test_bench_targets_pass_fail_and_not_measured():
 
 
 @needs_bash
-@pytest.mark.skipif(not irnet_extension_loaded(), reason="the train step's check wants the compiled training ops")
+@pytest.mark.skipif(not irnet._ext.LOADED, reason="the train step's check wants the compiled training ops")
 def test_gpu_check_train_step_reads_the_training_log(tmp_path):
     """The train step's checks (epoch line, packed-model check, 'ops: fused') against the real
     output of irnet.train, on the CPU: a tiny run through GPU_CHECK_TRAIN_ARGS (the slowest

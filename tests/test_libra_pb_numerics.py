@@ -6,7 +6,6 @@ tests/test_cuda_libra_pb.py compares it with this CPU kernel bit for bit.)"""
 from __future__ import annotations
 
 import importlib.util
-import pathlib
 
 import pytest
 import torch
@@ -14,10 +13,10 @@ import torch
 import irnet
 from irnet import ops
 from irnet import reference as ref
+from conftest import ROOT
+from test_training_ops_cpu import ALL_FLOATS
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 OPS = torch.ops.irnet
-ALL_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 needs_cpu_kernel = pytest.mark.skipif(
     not ops.has_compiled_kernel("libra_pb", "cpu"),

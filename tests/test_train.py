@@ -20,14 +20,14 @@ import irnet
 from irnet import checkpoint, data, recipes
 from irnet import train as T
 
-from conftest import ROOT
+from conftest import ROOT, cli_env
 
 # A tiny, quick configuration: ResNet-20 1w1a (1 input channel) on slices of the built-in MNIST.
 TINY = ["--preset", "demo", "--threads", "1", "--no-progress", "--no-plots"]
 
 
 def run_cli(args, timeout=300, **kw):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    env = cli_env()
     env.update(kw.pop("env", {}))
     return subprocess.run([sys.executable, "-m", "irnet.train", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout, **kw)

@@ -17,27 +17,22 @@ What is exact and what is not:
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, cli_env
 
 COMMON = ["--preset", "demo", "--epochs", "1", "--train-limit", "64", "--batch-size", "16", "--test-limit", "64",
           "--seed", "5", "--lr", "0.02", "--no-progress", "--no-plots", "--no-deploy-check", "--deterministic", "--dtype", "float64",
           "--ops", "reference"]
 
 
-def _env():
-    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-
-
 def _torchrun(args, out):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "irnet.train", *args, "--out", str(out)]
-    r = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
 
@@ -52,7 +47,7 @@ def _max_diff(a, b):
 
 def test_two_gloo_processes_equal_each_other_and_one_process(tmp_path):
     single = subprocess.run([sys.executable, "-m", "irnet.train", *COMMON, "--threads", "1", "--out",
-                             str(tmp_path / "one")], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+                             str(tmp_path / "one")], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     r = _torchrun(COMMON + ["--sync-bn"], tmp_path / "two")
     assert "x 2 processes (gloo)" in r.stdout and r.stdout.count("irnet.train:") == 1  # only rank 0 prints

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import irnet
 from irnet import ops
 from irnet import reference as ref
 
@@ -55,6 +54,15 @@ def rand_pm(*shape, dtype=torch.float32):
     x = torch.randn(*shape, dtype=torch.float32)
     x[torch.rand(*shape) < 0.05] = 0.0
     return x.to(dtype)
+
+
+def with_specials(x):
+    """x (contiguous) with a NaN, a -0.0 and a -inf written into it, in place, where it has
+    at least 3 elements; returns x."""
+    if x.numel() >= 3:
+        flat = x.view(-1)
+        flat[0], flat[flat.numel() // 2], flat[-1] = math.nan, -0.0, -math.inf
+    return x
 
 
 def pow2_scale(o, zero=False):
@@ -144,10 +152,7 @@ def test_xnor_conv2d_float_input_equals_packed(level, case):
     float32 NCHW or channels_last, straight into its planes), bit for bit as pack_bits then
     the packed op; NaN and -0.0 pack to +1."""
     n, c, h, w, o, k, s, p, d = case
-    x, wt = rand_pm(n, c, h, w), rand_pm(o, c, *k)
-    if x.numel() >= 3:
-        flat = x.view(-1)
-        flat[0], flat[flat.numel() // 2], flat[-1] = math.nan, -0.0, -math.inf
+    x, wt = with_specials(rand_pm(n, c, h, w)), rand_pm(o, c, *k)
     wb = ref.pack_bits(wt)
     scale = pow2_scale(o)
     args = (wb, scale, c, list(s), list(p), list(d))
@@ -236,6 +241,7 @@ def test_stray_tail_bits_are_ignored_like_the_reference(level):
     c = 70
     x, wt = rand_pm(2, c, 5, 5), rand_pm(4, c, 3, 3)
     xb, wb = ref.pack_bits(x), ref.pack_bits(wt)
+    clean = ref.xnor_conv2d_bits(xb, wb, None, c, (1, 1), (1, 1), (1, 1))
     # bits 40..63 of the last word; every bit past the 70 channels (the planes kernel's
     # last 16-bit lane holds channels 64..79)
     for junk_bits in (-(1 << 40), -(1 << (c % 64))):
@@ -244,11 +250,11 @@ def test_stray_tail_bits_are_ignored_like_the_reference(level):
         xb2[..., -1] |= junk
         wb2[..., -1] |= junk
         want = ref.xnor_conv2d_bits(xb2, wb2, None, c, (1, 1), (1, 1), (1, 1))
-        assert torch.equal(want, ref.xnor_conv2d_bits(xb, wb, None, c, (1, 1), (1, 1), (1, 1)))
+        assert torch.equal(want, clean)
         assert torch.equal(torch.ops.irnet.xnor_conv2d(xb2, wb2, None, c, [1, 1], [1, 1], [1, 1]), want)
     xl, wl = ref.pack_bits(rand_pm(3, c)), ref.pack_bits(rand_pm(5, c))
     xl2 = xl.clone()
-    xl2[:, -1] |= junk
+    xl2[:, -1] |= torch.tensor(-(1 << (c % 64)), dtype=torch.int64)  # every bit past the 70 features
     # (reference.xnor_linear_bits would count stray bits; the kernels read only the
     # in_features real bits, as reference.xnor_conv2d_bits does)
     assert torch.equal(torch.ops.irnet.xnor_linear(xl2, wl, None, c), ref.xnor_linear_bits(xl, wl, None, c))
@@ -346,10 +352,7 @@ LANE_GEOMETRIES = [  # (N, H, W, O, k, stride, padding, dilation)
 @pytest.mark.parametrize("c", LANE_CHANNELS)
 def test_conv_channel_counts_around_lane_widths(level, c):
     for n, h, w, o, k, s, p, d in LANE_GEOMETRIES:
-        x, wt = rand_pm(n, c, h, w), rand_pm(o, c, k, k)
-        if x.numel() >= 3:
-            flat = x.view(-1)
-            flat[0], flat[flat.numel() // 2], flat[-1] = math.nan, -0.0, -math.inf
+        x, wt = with_specials(rand_pm(n, c, h, w)), rand_pm(o, c, k, k)
         xb, wb = ref.pack_bits(x), ref.pack_bits(wt)
         scale = pow2_scale(o, zero=True)
         want = ref.xnor_conv2d_bits(xb, wb, scale, c, (s, s), (p, p), (d, d))
